@@ -1,0 +1,133 @@
+#include "common.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "core/check.hpp"
+#include "core/metrics.hpp"
+#include "core/synthetic.hpp"
+
+namespace nvfp4moe::app {
+
+Progress::Progress(std::string label)
+    : label_(std::move(label)),
+      terminal_(isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()) {}
+
+void Progress::update(int64_t done, int64_t total) {
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  if (terminal_) {
+    fmt::print(stderr, "\r{}: {}/{} ({:.1f} s){}", label_, done, total, seconds,
+               done == total ? "\n" : "");
+    return;
+  }
+  const int decile = total > 0 ? static_cast<int>(10 * done / total) : 10;
+  if (decile != last_decile_ && seconds > 0.5) {
+    fmt::print(stderr, "{}: {}/{} ({:.1f} s)\n", label_, done, total, seconds);
+  }
+  last_decile_ = decile;
+}
+
+std::function<void(int64_t, int64_t)> Progress::callback() {
+  return [this](int64_t done, int64_t total) { update(done, total); };
+}
+
+HostBatch random_batch(const MoeConfig& config, int64_t tokens, float hidden_stddev,
+                       uint64_t seed) {
+  HostBatch batch;
+  batch.tokens = tokens;
+  batch.hidden = random_bf16(static_cast<size_t>(tokens * config.hidden), hidden_stddev, seed);
+  Routing routing = random_routing(tokens, config.num_experts, config.top_k, seed + 1);
+  batch.topk_ids = std::move(routing.ids);
+  batch.topk_weights = std::move(routing.weights);
+  return batch;
+}
+
+TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats) {
+  const Device device = runner.device();
+  const auto hidden_bytes = batch.hidden.size() * sizeof(uint16_t);
+  const auto slot_count = batch.topk_ids.size();
+  DeviceBuffer hidden(device, hidden_bytes);
+  DeviceBuffer ids(device, slot_count * sizeof(int32_t));
+  DeviceBuffer weights(device, slot_count * sizeof(float));
+  DeviceBuffer output(device, hidden_bytes);
+  DeviceBuffer workspace(device, runner.workspace_bytes());
+  hidden.upload(batch.hidden.data(), hidden_bytes);
+  ids.upload(batch.topk_ids.data(), slot_count * sizeof(int32_t));
+  weights.upload(batch.topk_weights.data(), slot_count * sizeof(float));
+
+  MoeForwardArgs args;
+  args.num_tokens = batch.tokens;
+  args.hidden = hidden.as<uint16_t>();
+  args.topk_ids = ids.as<int32_t>();
+  args.topk_weights = weights.as<float>();
+  args.output = output.as<uint16_t>();
+
+  TimedOutput result;
+  result.repeats = repeats;
+  std::vector<double> times;
+  // A GPU's first call pays for module loading; the CPU has nothing to warm up.
+  const int warmup = device == Device::kCuda ? 1 : 0;
+  for (int i = 0; i < warmup + repeats; ++i) {
+    synchronize(device);
+    const auto start = std::chrono::steady_clock::now();
+    runner.forward(args, workspace.data(), nullptr);
+    synchronize(device);
+    const auto stop = std::chrono::steady_clock::now();
+    if (i >= warmup)
+      times.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  result.median_ms = times.empty() ? 0.0 : times[times.size() / 2];
+  result.output.resize(batch.hidden.size());
+  output.download(result.output.data(), hidden_bytes);
+  return result;
+}
+
+}  // namespace nvfp4moe::app
+
+namespace nvfp4moe::app {
+
+void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activation_scale) {
+  app.add_option("--device", options.device, "Backend: auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--activation", options.activation, "Gated activation")
+      ->check(CLI::IsMember({"silu", "swiglu_clamped"}))
+      ->capture_default_str();
+  app.add_option("--swiglu-limit", options.swiglu_limit, "Clamp of swiglu_clamped")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  if (!with_activation_scale) return;
+  app.add_option("--activation-scale", options.activation_scale,
+                 "W4A4 activation global scales: dynamic (per batch) or static (checkpoint)")
+      ->check(CLI::IsMember({"dynamic", "static"}))
+      ->capture_default_str();
+}
+
+void apply_layer_options(const LayerOptions& options, MoeConfig& config) {
+  config.activation = options.activation == "silu" ? Activation::kSilu : Activation::kSwigluClamped;
+  config.swiglu_limit = options.swiglu_limit;
+  config.activation_scale =
+      options.activation_scale == "dynamic" ? ActivationScale::kDynamic : ActivationScale::kStatic;
+}
+
+QuantMode parse_mode(const std::string& name) {
+  return name == "w4a4" ? QuantMode::kW4A4 : QuantMode::kW4A16;
+}
+
+}  // namespace nvfp4moe::app
+
+namespace nvfp4moe::app {
+
+void require_accuracy(const Accuracy& accuracy, double min_cosine, const char* what) {
+  require(accuracy.all_finite, ErrorKind::kInvalidArgument, "{}: the output is not finite", what);
+  require(accuracy.cosine >= min_cosine, ErrorKind::kInvalidArgument,
+          "{}: cosine {:.5f} against the reference is below {}", what, accuracy.cosine, min_cosine);
+}
+
+}  // namespace nvfp4moe::app

@@ -1,0 +1,71 @@
+// Pieces the nvfp4moe commands share: progress lines, timing, routing inputs, result tables.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/metrics.hpp"
+#include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/runtime.hpp"
+
+namespace nvfp4moe::app {
+
+// Progress of a long operation on stderr: a rewritten line on a terminal, a line per tenth
+// otherwise, and nothing for operations that finish in an instant.
+class Progress {
+ public:
+  explicit Progress(std::string label);
+  void update(int64_t done, int64_t total);
+  std::function<void(int64_t, int64_t)> callback();
+
+ private:
+  std::string label_;
+  bool terminal_;
+  int last_decile_ = -1;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// A batch in host memory: hidden states and routing for T tokens.
+struct HostBatch {
+  int64_t tokens = 0;
+  std::vector<uint16_t> hidden;  // [T, H] bf16
+  std::vector<int32_t> topk_ids;
+  std::vector<float> topk_weights;
+};
+HostBatch random_batch(const MoeConfig& config, int64_t tokens, float hidden_stddev, uint64_t seed);
+
+// Runs a runner on a host batch `repeats` times (after one warm-up), copying the batch to the
+// runner's device; returns the output and the median forward time in milliseconds.
+struct TimedOutput {
+  std::vector<uint16_t> output;
+  double median_ms = 0.0;
+  int repeats = 0;
+};
+TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats);
+
+}  // namespace nvfp4moe::app
+
+namespace nvfp4moe::app {
+
+// Options that choose how a layer computes, shared by `demo` and `run`.
+struct LayerOptions {
+  std::string device = "auto";
+  std::string activation = "silu";
+  float swiglu_limit = 10.0f;
+  std::string activation_scale = "dynamic";
+};
+// --activation-scale is offered only where static scales exist (a checkpoint's input_scale).
+void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activation_scale);
+// Sets activation, swiglu_limit and activation_scale of `config` from the options.
+void apply_layer_options(const LayerOptions& options, MoeConfig& config);
+QuantMode parse_mode(const std::string& name);
+
+// An Error when an output is not finite or its cosine against the reference is below
+// `min_cosine`: a broken layer must not pass for a working one.
+void require_accuracy(const Accuracy& accuracy, double min_cosine, const char* what);
+
+}  // namespace nvfp4moe::app

@@ -1,0 +1,38 @@
+// nvfp4moe: the command-line tool. Every failure exits non-zero with a one-line reason.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"nvfp4moe: NVFP4 Mixture-of-Experts layers at the hardware's limit"};
+  app.require_subcommand(0, 1);
+  // One line per failure, like every other error of the tool.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return fmt::format("nvfp4moe: error: {} (see --help)\n", e.what());
+  });
+  using namespace nvfp4moe::app;
+  add_demo(*app.add_subcommand("demo", "Run a small DeepSeek-like NVFP4 layer and check it"));
+  add_quantize(*app.add_subcommand(
+      "quantize", "Convert the expert weights of a BF16/F16/F32 checkpoint to NVFP4"));
+  add_inspect(*app.add_subcommand("inspect", "List the MoE layers of a checkpoint"));
+  add_run(*app.add_subcommand("run", "Run one MoE layer of a checkpoint on random tokens"));
+  try {
+    app.parse(argc, argv);  // runs the chosen subcommand's callback
+    if (app.get_subcommands().empty()) {
+      fmt::print(stderr,
+                 "nvfp4moe: error: a subcommand is required: demo, quantize, inspect or "
+                 "run (see --help)\n");
+      return 1;
+    }
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "nvfp4moe: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,137 @@
+// The MoE layer: configuration, expert weights, and the runner every backend implements.
+//
+// Semantics are DESIGN.md §4. For token t and slot j with local expert
+// e = topk_ids[t, j] - first_local_expert (skipped when -1 or outside this rank's range):
+//
+//   a     = x[t]                      (W4A16)  or  dequant(quant(x[t], g1))       (W4A4)
+//   gate  = a . W1[e]^T,  up = a . W3[e]^T                                         (fp32)
+//   h     = act(gate, up)                                                          (fp32)
+//   h     = bf16(h)                   (W4A16)  or  dequant(quant(h, g2))          (W4A4)
+//   out[t] += topk_weights[t, j] * (h . W2[e]^T)       accumulated in fp32, one bf16 rounding
+//
+// Every global scale is applied as the GEMM's alpha (D = alpha * sum(a_k * w_k) with
+// alpha = g_activation * g_weight), never folded into the block scales.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nvfp4moe {
+
+enum class QuantMode {
+  kW4A16,  // NVFP4 weights, BF16 activations
+  kW4A4,   // NVFP4 weights and activations
+};
+
+enum class ActivationScale {
+  kDynamic,  // g = amax over the whole batch / 2688, computed per forward
+  kStatic,   // g = the checkpoint's input_scale of the expert
+};
+
+enum class Activation {
+  kSilu,           // silu(gate) * up
+  kSwigluClamped,  // silu(min(gate, L)) * clamp(up, -L, L)   (DeepSeek-V4, L = swiglu_limit)
+};
+
+enum class Device { kCpu, kCuda };
+
+const char* to_string(QuantMode mode);
+const char* to_string(ActivationScale scale);
+const char* to_string(Activation activation);
+const char* to_string(Device device);
+
+struct MoeConfig {
+  int64_t num_experts = 0;         // global expert count: valid ids are [0, num_experts)
+  int64_t num_local_experts = 0;   // experts held by this rank
+  int64_t first_local_expert = 0;  // global id of local expert 0
+  int64_t hidden = 0;              // H, a multiple of 16
+  int64_t intermediate = 0;        // I, a multiple of 16
+  int64_t top_k = 0;
+  int64_t max_tokens = 0;  // the most tokens one forward may carry
+  QuantMode mode = QuantMode::kW4A16;
+  ActivationScale activation_scale = ActivationScale::kDynamic;  // W4A4 only
+  Activation activation = Activation::kSilu;
+  float swiglu_limit = 10.0f;  // kSwigluClamped only
+
+  // Throws Error naming the first field that is out of range.
+  void validate() const;
+  // A config for a single-rank layer holding every expert.
+  static MoeConfig single_rank(int64_t num_experts, int64_t hidden, int64_t intermediate,
+                               int64_t top_k, int64_t max_tokens);
+};
+
+// Expert weights of one layer as raw pointers (host memory for the CPU backend, device memory
+// for the CUDA backend). Experts are stacked; gate and up share one array the way engines
+// store "w13": rows [0, I) of each expert are the gate projection, rows [I, 2I) the up one.
+struct MoeWeightsView {
+  const uint8_t* gate_up_values = nullptr;     // [E, 2I, H/2]
+  const uint8_t* gate_up_scales = nullptr;     // [E, 2I, H/16]  E4M3
+  const float* gate_global_scale = nullptr;    // [E]  weight_scale_2 of W1
+  const float* up_global_scale = nullptr;      // [E]  weight_scale_2 of W3
+  const uint8_t* down_values = nullptr;        // [E, H, I/2]
+  const uint8_t* down_scales = nullptr;        // [E, H, I/16]  E4M3
+  const float* down_global_scale = nullptr;    // [E]  weight_scale_2 of W2
+  const float* gate_up_input_scale = nullptr;  // [E]  g1 for static W4A4, else may be null
+  const float* down_input_scale = nullptr;     // [E]  g2 for static W4A4, else may be null
+};
+
+// Owning host copy of one layer's expert weights (E = local experts).
+struct MoeWeights {
+  int64_t num_experts = 0;
+  int64_t hidden = 0;
+  int64_t intermediate = 0;
+  std::vector<uint8_t> gate_up_values;
+  std::vector<uint8_t> gate_up_scales;
+  std::vector<float> gate_global_scale;
+  std::vector<float> up_global_scale;
+  std::vector<uint8_t> down_values;
+  std::vector<uint8_t> down_scales;
+  std::vector<float> down_global_scale;
+  std::vector<float> gate_up_input_scale;  // empty when the checkpoint has none
+  std::vector<float> down_input_scale;     // empty when the checkpoint has none
+
+  // Sizes every array for the given shape (contents zero, global scales 1).
+  static MoeWeights allocate(int64_t num_experts, int64_t hidden, int64_t intermediate,
+                             bool with_input_scales);
+  MoeWeightsView view() const;
+  size_t bytes() const;
+};
+
+// Checks host weights against the config: shapes, finite and non-negative global scales, no
+// NaN or negative block scale, input scales present and positive when static W4A4 needs them.
+void validate_weights(const MoeConfig& config, const MoeWeightsView& weights);
+// The same, after checking that every array of `weights` has the size the config implies.
+void validate_weights(const MoeConfig& config, const MoeWeights& weights);
+
+// One forward call. All pointers live where the backend computes (host or device).
+struct MoeForwardArgs {
+  int64_t num_tokens = 0;               // T <= config.max_tokens
+  const uint16_t* hidden = nullptr;     // [T, H] bf16
+  const int32_t* topk_ids = nullptr;    // [T, k] global expert ids, -1 = none
+  const float* topk_weights = nullptr;  // [T, k]
+  uint16_t* output = nullptr;           // [T, H] bf16, fully overwritten
+};
+
+// Host-side checks every backend makes before computing: token count within
+// [0, max_tokens] and the pointers a non-empty batch needs.
+void validate_forward_args(const MoeConfig& config, const MoeForwardArgs& args);
+
+class MoeRunner {
+ public:
+  virtual ~MoeRunner() = default;
+  virtual const MoeConfig& config() const = 0;
+  virtual Device device() const = 0;
+  // Bytes of scratch memory forward() needs: a pure function of the config.
+  virtual size_t workspace_bytes() const = 0;
+  // Computes the layer. `workspace` holds workspace_bytes() on the runner's device; `stream` is a
+  // cudaStream_t for the CUDA backend and ignored by the CPU backend.
+  virtual void forward(const MoeForwardArgs& args, void* workspace, void* stream) = 0;
+};
+
+// The CPU reference backend. It keeps the pointers of `weights`, which must outlive it.
+std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights);
+
+}  // namespace nvfp4moe

@@ -1,0 +1,59 @@
+// Choosing a backend and holding memory on it, for callers that do not want to touch CUDA
+// themselves (the CLI, the tests, simple integrations).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string_view>
+
+#include "nvfp4moe/moe.hpp"
+
+namespace nvfp4moe {
+
+// True when this build has the CUDA backend and a device of compute capability 9.0 is present.
+bool cuda_available();
+// kCuda when cuda_available(), else kCpu.
+Device best_device();
+// "auto", "cpu" or "cuda"; "cuda" when unavailable is an Error saying why.
+Device parse_device(std::string_view name);
+
+// A runner on `device` for host weights. The CPU runner reads `weights` in place (keep them
+// alive); the CUDA runner copies them to the device in its own layout.
+std::unique_ptr<MoeRunner> make_runner(Device device, const MoeConfig& config,
+                                       const MoeWeights& weights);
+
+// Bytes on a device: host memory for kCpu, device memory for kCuda.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Device device, size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  Device device() const { return device_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+  // Synchronous copies between host memory and this buffer (bytes <= size()).
+  void upload(const void* host, size_t bytes);
+  void download(void* host, size_t bytes) const;
+  // Fills every byte with `value`.
+  void fill(unsigned char value);
+
+ private:
+  Device device_ = Device::kCpu;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Waits until all work queued on the device is done (no-op on the CPU).
+void synchronize(Device device);
+
+}  // namespace nvfp4moe

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what nvfp4moe needs on a fresh Debian 12 machine (Debian packages and PyPI
+# packages by name), then configures and builds the project into ./build.
+#   scripts/setup.sh            install + build
+#   scripts/setup.sh --deps     install only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debian_packages=(
+  build-essential cmake ninja-build git python3
+  nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
+  clang clang-format clang-tidy libclang-rt-14-dev
+)
+python_packages=(safetensors numpy pytest)
+
+missing=()
+for p in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! python3 -c "import safetensors, numpy, pytest" 2>/dev/null; then
+  echo "setup: installing PyPI packages: ${python_packages[*]}"
+  python3 -m pip install -q "${python_packages[@]}"
+fi
+
+[[ "${1:-}" == "--deps" ]] && exit 0
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$(nproc)"

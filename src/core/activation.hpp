@@ -1,0 +1,24 @@
+// The gated activations of DESIGN §4 step 3, shared by the CPU reference and the CUDA epilogue.
+// Computed in fp32. Device code gets the accurate expf (no fast-math), so backends agree to
+// within an ulp or two.
+#pragma once
+
+#include <cmath>
+
+#include "nvfp4moe/format.hpp"  // NVFP4MOE_HD
+
+namespace nvfp4moe {
+
+NVFP4MOE_HD float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// silu(gate) * up, or for the clamped SwiGLU of DeepSeek-V4:
+// silu(min(gate, limit)) * clamp(up, -limit, limit).
+NVFP4MOE_HD float gated_activation(float gate, float up, bool clamped, float limit) {
+  if (clamped) {
+    gate = fminf(gate, limit);
+    up = fminf(fmaxf(up, -limit), limit);
+  }
+  return silu(gate) * up;
+}
+
+}  // namespace nvfp4moe

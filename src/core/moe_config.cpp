@@ -1,0 +1,65 @@
+// MoeConfig validation and the names of the enums.
+#include <cmath>
+
+#include "core/check.hpp"
+#include "nvfp4moe/format.hpp"
+#include "nvfp4moe/moe.hpp"
+
+namespace nvfp4moe {
+
+const char* to_string(QuantMode mode) { return mode == QuantMode::kW4A16 ? "W4A16" : "W4A4"; }
+const char* to_string(ActivationScale scale) {
+  return scale == ActivationScale::kDynamic ? "dynamic" : "static";
+}
+const char* to_string(Activation activation) {
+  return activation == Activation::kSilu ? "silu" : "swiglu_clamped";
+}
+const char* to_string(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
+
+namespace {
+// Bounds that keep every byte count of a layer far inside int64 and size_t.
+constexpr int64_t kMaxDimension = int64_t{1} << 20;
+constexpr int64_t kMaxExperts = int64_t{1} << 16;
+constexpr int64_t kMaxTopK = 1024;
+constexpr int64_t kMaxTokens = int64_t{1} << 24;
+}  // namespace
+
+void MoeConfig::validate() const {
+  constexpr auto kArg = ErrorKind::kInvalidArgument;
+  require(num_experts >= 1 && num_experts <= kMaxExperts, kArg,
+          "MoeConfig: num_experts = {}, expected 1..{}", num_experts, kMaxExperts);
+  require(num_local_experts >= 1 && num_local_experts <= num_experts, kArg,
+          "MoeConfig: num_local_experts = {}, expected 1..num_experts ({})", num_local_experts,
+          num_experts);
+  require(first_local_expert >= 0 && first_local_expert + num_local_experts <= num_experts, kArg,
+          "MoeConfig: local experts [{}, {}) fall outside the {} experts of the layer",
+          first_local_expert, first_local_expert + num_local_experts, num_experts);
+  for (auto [name, value] :
+       {std::pair{"hidden", hidden}, std::pair{"intermediate", intermediate}}) {
+    require(value >= kBlockSize && value <= kMaxDimension && value % kBlockSize == 0, kArg,
+            "MoeConfig: {} = {}, expected a positive multiple of {} up to {}", name, value,
+            kBlockSize, kMaxDimension);
+  }
+  require(top_k >= 1 && top_k <= kMaxTopK, kArg, "MoeConfig: top_k = {}, expected 1..{}", top_k,
+          kMaxTopK);
+  require(max_tokens >= 1 && max_tokens <= kMaxTokens, kArg,
+          "MoeConfig: max_tokens = {}, expected 1..{}", max_tokens, kMaxTokens);
+  if (activation == Activation::kSwigluClamped) {
+    require(std::isfinite(swiglu_limit) && swiglu_limit > 0.0f, kArg,
+            "MoeConfig: swiglu_limit = {}, expected a finite value > 0", swiglu_limit);
+  }
+}
+
+MoeConfig MoeConfig::single_rank(int64_t num_experts, int64_t hidden, int64_t intermediate,
+                                 int64_t top_k, int64_t max_tokens) {
+  MoeConfig config;
+  config.num_experts = num_experts;
+  config.num_local_experts = num_experts;
+  config.hidden = hidden;
+  config.intermediate = intermediate;
+  config.top_k = top_k;
+  config.max_tokens = max_tokens;
+  return config;
+}
+
+}  // namespace nvfp4moe

@@ -1,0 +1,162 @@
+// Owning expert weights and their validation against a config.
+#include <cmath>
+
+#include "core/check.hpp"
+#include "nvfp4moe/format.hpp"
+#include "nvfp4moe/moe.hpp"
+
+namespace nvfp4moe {
+
+MoeWeights MoeWeights::allocate(int64_t num_experts, int64_t hidden, int64_t intermediate,
+                                bool with_input_scales) {
+  require(num_experts >= 0 && hidden % kBlockSize == 0 && intermediate % kBlockSize == 0 &&
+              hidden >= 0 && intermediate >= 0,
+          ErrorKind::kInvalidArgument,
+          "MoeWeights: experts = {}, hidden = {}, intermediate = {}; expected counts >= 0 and "
+          "dimensions that are multiples of {}",
+          num_experts, hidden, intermediate, kBlockSize);
+  MoeWeights w;
+  w.num_experts = num_experts;
+  w.hidden = hidden;
+  w.intermediate = intermediate;
+  const auto e = static_cast<size_t>(num_experts);
+  const auto gate_up_elements = e * 2 * intermediate * hidden;
+  const auto down_elements = e * hidden * intermediate;
+  w.gate_up_values.assign(gate_up_elements / 2, 0);
+  w.gate_up_scales.assign(gate_up_elements / kBlockSize, 0);
+  w.down_values.assign(down_elements / 2, 0);
+  w.down_scales.assign(down_elements / kBlockSize, 0);
+  w.gate_global_scale.assign(e, 1.0f);
+  w.up_global_scale.assign(e, 1.0f);
+  w.down_global_scale.assign(e, 1.0f);
+  if (with_input_scales) {
+    w.gate_up_input_scale.assign(e, 1.0f);
+    w.down_input_scale.assign(e, 1.0f);
+  }
+  return w;
+}
+
+MoeWeightsView MoeWeights::view() const {
+  MoeWeightsView v;
+  v.gate_up_values = gate_up_values.data();
+  v.gate_up_scales = gate_up_scales.data();
+  v.gate_global_scale = gate_global_scale.data();
+  v.up_global_scale = up_global_scale.data();
+  v.down_values = down_values.data();
+  v.down_scales = down_scales.data();
+  v.down_global_scale = down_global_scale.data();
+  v.gate_up_input_scale = gate_up_input_scale.empty() ? nullptr : gate_up_input_scale.data();
+  v.down_input_scale = down_input_scale.empty() ? nullptr : down_input_scale.data();
+  return v;
+}
+
+size_t MoeWeights::bytes() const {
+  return gate_up_values.size() + gate_up_scales.size() + down_values.size() + down_scales.size() +
+         sizeof(float) *
+             (gate_global_scale.size() + up_global_scale.size() + down_global_scale.size() +
+              gate_up_input_scale.size() + down_input_scale.size());
+}
+
+namespace {
+
+void check_global_scales(const float* scales, int64_t count, const char* name) {
+  require(scales != nullptr, ErrorKind::kInvalidArgument, "weights: {} is missing", name);
+  for (int64_t e = 0; e < count; ++e) {
+    require(std::isfinite(scales[e]) && scales[e] >= 0.0f, ErrorKind::kInvalidArgument,
+            "weights: {}[{}] = {}, expected a finite value >= 0", name, e, scales[e]);
+  }
+}
+
+void check_input_scales(const float* scales, int64_t count, const char* name) {
+  require(scales != nullptr, ErrorKind::kInvalidArgument,
+          "weights: static W4A4 needs {} but the weights have none", name);
+  for (int64_t e = 0; e < count; ++e) {
+    require(std::isfinite(scales[e]) && scales[e] > 0.0f, ErrorKind::kInvalidArgument,
+            "weights: {}[{}] = {}, expected a finite value > 0", name, e, scales[e]);
+  }
+}
+
+// Block scales are E4M3 codes: NaN (0x7F, 0xFF) and negative values are not allowed.
+void check_block_scales(const uint8_t* scales, int64_t rows_per_expert, int64_t blocks_per_row,
+                        int64_t num_experts, const char* name) {
+  require(scales != nullptr, ErrorKind::kInvalidArgument, "weights: {} is missing", name);
+  const int64_t per_expert = rows_per_expert * blocks_per_row;
+  for (int64_t i = 0; i < per_expert * num_experts; ++i) {
+    const uint8_t code = scales[i];
+    if ((code & 0x7F) == kE4M3NanCode || (code & 0x80 && code != 0x80)) {
+      const int64_t expert = i / per_expert;
+      const int64_t row = (i % per_expert) / blocks_per_row;
+      const int64_t block = i % blocks_per_row;
+      fail(ErrorKind::kInvalidArgument,
+           "weights: {}[expert {}, row {}, block {}] = 0x{:02X} is {}, expected a finite E4M3 "
+           "scale >= 0",
+           name, expert, row, block, code, (code & 0x7F) == kE4M3NanCode ? "NaN" : "negative");
+    }
+  }
+}
+
+}  // namespace
+
+void validate_weights(const MoeConfig& config, const MoeWeightsView& w) {
+  config.validate();
+  const int64_t experts = config.num_local_experts;
+  const int64_t hidden = config.hidden;
+  const int64_t inter = config.intermediate;
+  require(w.gate_up_values != nullptr && w.down_values != nullptr, ErrorKind::kInvalidArgument,
+          "weights: gate_up_values and down_values are required");
+  check_block_scales(w.gate_up_scales, 2 * inter, hidden / kBlockSize, experts, "gate_up_scales");
+  check_block_scales(w.down_scales, hidden, inter / kBlockSize, experts, "down_scales");
+  check_global_scales(w.gate_global_scale, experts, "gate_global_scale");
+  check_global_scales(w.up_global_scale, experts, "up_global_scale");
+  check_global_scales(w.down_global_scale, experts, "down_global_scale");
+  if (config.mode == QuantMode::kW4A4 && config.activation_scale == ActivationScale::kStatic) {
+    check_input_scales(w.gate_up_input_scale, experts, "gate_up_input_scale");
+    check_input_scales(w.down_input_scale, experts, "down_input_scale");
+  }
+}
+
+}  // namespace nvfp4moe
+
+namespace nvfp4moe {
+
+void validate_weights(const MoeConfig& config, const MoeWeights& w) {
+  config.validate();
+  require(w.num_experts == config.num_local_experts && w.hidden == config.hidden &&
+              w.intermediate == config.intermediate,
+          ErrorKind::kInvalidArgument,
+          "weights: shape (experts {}, hidden {}, intermediate {}) does not match the config "
+          "(local experts {}, hidden {}, intermediate {})",
+          w.num_experts, w.hidden, w.intermediate, config.num_local_experts, config.hidden,
+          config.intermediate);
+  const auto e = static_cast<size_t>(w.num_experts);
+  const auto gate_up = e * 2 * static_cast<size_t>(w.intermediate * w.hidden);
+  const auto down = e * static_cast<size_t>(w.hidden * w.intermediate);
+  auto check = [](const char* name, size_t actual, size_t wanted) {
+    require(actual == wanted, ErrorKind::kInvalidArgument,
+            "weights: {} has {} elements, expected {}", name, actual, wanted);
+  };
+  check("gate_up_values", w.gate_up_values.size(), gate_up / 2);
+  check("gate_up_scales", w.gate_up_scales.size(), gate_up / kBlockSize);
+  check("down_values", w.down_values.size(), down / 2);
+  check("down_scales", w.down_scales.size(), down / kBlockSize);
+  check("gate_global_scale", w.gate_global_scale.size(), e);
+  check("up_global_scale", w.up_global_scale.size(), e);
+  check("down_global_scale", w.down_global_scale.size(), e);
+  if (!w.gate_up_input_scale.empty()) check("gate_up_input_scale", w.gate_up_input_scale.size(), e);
+  if (!w.down_input_scale.empty()) check("down_input_scale", w.down_input_scale.size(), e);
+  validate_weights(config, w.view());
+}
+
+void validate_forward_args(const MoeConfig& config, const MoeForwardArgs& args) {
+  require(args.num_tokens >= 0 && args.num_tokens <= config.max_tokens, ErrorKind::kInvalidArgument,
+          "forward: {} tokens, but the layer was configured for at most {} (max_tokens)",
+          args.num_tokens, config.max_tokens);
+  if (args.num_tokens == 0) return;
+  require(args.hidden != nullptr && args.topk_ids != nullptr && args.topk_weights != nullptr &&
+              args.output != nullptr,
+          ErrorKind::kInvalidArgument,
+          "forward: hidden, topk_ids, topk_weights and output must all be given for {} tokens",
+          args.num_tokens);
+}
+
+}  // namespace nvfp4moe

@@ -1,0 +1,369 @@
+// The CPU reference backend: DESIGN §4 written plainly, exact in everything but the order of
+// fp32 additions, and parallel over experts so that both cores of a small machine work.
+//
+// One forward runs in phases, each a parallel loop:
+//   1. route     bucket the (token, slot) pairs by local expert, in slot order
+//   2. gate/up   per expert: decode each W13 row once, dot it with every routed activation,
+//                apply alpha and the activation; h is kept in fp32 (W4A4) or rounded to bf16
+//   3. down      per expert: quantize h (W4A4, g2 static or over the whole batch), decode each W2
+//                row once and dot it with every routed h
+//   4. combine   per token: out = bf16(sum_j topk_weights[t, j] * y[t, j]) in slot order
+//
+// Weights come from an ExpertRows source: NVFP4 codes decoded row by row for the reference
+// backend, or unquantized bf16 rows for the layer accuracy is measured against.
+//
+// Workspace (float unless noted), all sized for max_tokens:
+//   slot_expert int32 [T*k] | expert_offsets int32 [E+1] | expert_slots int32 [T*k]
+//   h [T*k, I] | y [T*k, H]
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/activation.hpp"
+#include "core/check.hpp"
+#include "core/parallel.hpp"
+#include "cpu/expert_rows.hpp"
+#include "nvfp4moe/format.hpp"
+#include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/quantize.hpp"
+
+namespace nvfp4moe {
+namespace {
+
+// fp32 dot product of two rows whose length is a multiple of 16. Sixteen running sums (one per
+// position in a block) let the compiler vectorize without reassociating anything itself.
+float dot(const float* a, const float* b, int64_t n) {
+  float lanes[kBlockSize] = {};
+  for (int64_t i = 0; i < n; i += kBlockSize) {
+    for (int j = 0; j < kBlockSize; ++j) lanes[j] += a[i + j] * b[i + j];
+  }
+  float sum = 0.0f;
+  for (float lane : lanes) sum += lane;
+  return sum;
+}
+
+// Quantizes one row with global scale g and writes back e2m1 * e4m3 (without g): the operand a
+// block-scaled MMA sees. The row must be finite (callers check).
+void quantize_dequantize_row(float* row, int64_t n, float global_scale) {
+  for (int64_t b = 0; b < n; b += kBlockSize) {
+    float amax = 0.0f;
+    for (int i = 0; i < kBlockSize; ++i) amax = std::fmax(amax, std::fabs(row[b + i]));
+    const uint8_t scale = nvfp4_block_scale(amax, global_scale);
+    for (int i = 0; i < kBlockSize; ++i) {
+      row[b + i] = nvfp4_element_value(nvfp4_element_code(row[b + i], scale, global_scale), scale);
+    }
+  }
+}
+
+struct Workspace {
+  int32_t* slot_expert;     // [T*k] local expert of each slot, -1 when skipped
+  int32_t* expert_offsets;  // [E+1]
+  int32_t* expert_slots;    // [T*k] slot indices grouped by expert
+  float* h;                 // [T*k, I]
+  float* y;                 // [T*k, H]
+};
+
+// Rows of the checkpoint's NVFP4 codes, decoded exactly (e2m1 * e4m3).
+class Nvfp4Rows final : public ExpertRows {
+ public:
+  Nvfp4Rows(const MoeWeightsView& weights, int64_t hidden, int64_t intermediate)
+      : w_(weights), hidden_(hidden), inter_(intermediate) {}
+
+  void gate_up_row(int64_t e, int64_t r, float* out) const override {
+    const int64_t row = e * 2 * inter_ + r;
+    decode_nvfp4_row(w_.gate_up_values + row * hidden_ / 2,
+                     w_.gate_up_scales + row * hidden_ / kBlockSize, hidden_, out);
+  }
+  void down_row(int64_t e, int64_t r, float* out) const override {
+    const int64_t row = e * hidden_ + r;
+    decode_nvfp4_row(w_.down_values + row * inter_ / 2, w_.down_scales + row * inter_ / kBlockSize,
+                     inter_, out);
+  }
+  float gate_scale(int64_t e) const override { return w_.gate_global_scale[e]; }
+  float up_scale(int64_t e) const override { return w_.up_global_scale[e]; }
+  float down_scale(int64_t e) const override { return w_.down_global_scale[e]; }
+  float gate_up_input_scale(int64_t e) const override { return w_.gate_up_input_scale[e]; }
+  float down_input_scale(int64_t e) const override { return w_.down_input_scale[e]; }
+
+ private:
+  MoeWeightsView w_;
+  int64_t hidden_;
+  int64_t inter_;
+};
+
+// Unquantized rows: bf16 values widened to fp32, all scales 1.
+class DenseRows : public ExpertRows {
+ public:
+  float gate_scale(int64_t) const override { return 1.0f; }
+  float up_scale(int64_t) const override { return 1.0f; }
+  float down_scale(int64_t) const override { return 1.0f; }
+  float gate_up_input_scale(int64_t) const override { return 1.0f; }
+  float down_input_scale(int64_t) const override { return 1.0f; }
+};
+
+class Bf16Rows final : public DenseRows {
+ public:
+  Bf16Rows(const uint16_t* gate_up, const uint16_t* down, int64_t hidden, int64_t intermediate)
+      : gate_up_(gate_up), down_(down), hidden_(hidden), inter_(intermediate) {}
+
+  void gate_up_row(int64_t e, int64_t r, float* out) const override {
+    const uint16_t* row = gate_up_ + (e * 2 * inter_ + r) * hidden_;
+    for (int64_t c = 0; c < hidden_; ++c) out[c] = bf16_to_float(row[c]);
+  }
+  void down_row(int64_t e, int64_t r, float* out) const override {
+    const uint16_t* row = down_ + (e * hidden_ + r) * inter_;
+    for (int64_t c = 0; c < inter_; ++c) out[c] = bf16_to_float(row[c]);
+  }
+
+ private:
+  const uint16_t* gate_up_;
+  const uint16_t* down_;
+  int64_t hidden_;
+  int64_t inter_;
+};
+
+class DequantizedBf16Rows final : public DenseRows {
+ public:
+  DequantizedBf16Rows(const MoeWeightsView& weights, int64_t hidden, int64_t intermediate)
+      : codes_(weights, hidden, intermediate), hidden_(hidden), inter_(intermediate) {}
+
+  void gate_up_row(int64_t e, int64_t r, float* out) const override {
+    codes_.gate_up_row(e, r, out);
+    round(out, hidden_, r < inter_ ? codes_.gate_scale(e) : codes_.up_scale(e));
+  }
+  void down_row(int64_t e, int64_t r, float* out) const override {
+    codes_.down_row(e, r, out);
+    round(out, inter_, codes_.down_scale(e));
+  }
+
+ private:
+  static void round(float* row, int64_t n, float global_scale) {
+    for (int64_t c = 0; c < n; ++c) row[c] = bf16_to_float(float_to_bf16(row[c] * global_scale));
+  }
+  Nvfp4Rows codes_;
+  int64_t hidden_;
+  int64_t inter_;
+};
+
+class CpuMoeRunner final : public MoeRunner {
+ public:
+  CpuMoeRunner(const MoeConfig& config, std::shared_ptr<const ExpertRows> rows)
+      : config_(config), rows_(std::move(rows)) {
+    config_.validate();
+  }
+
+  const MoeConfig& config() const override { return config_; }
+  Device device() const override { return Device::kCpu; }
+
+  size_t workspace_bytes() const override {
+    const auto slots = static_cast<size_t>(config_.max_tokens * config_.top_k);
+    const auto experts = static_cast<size_t>(config_.num_local_experts);
+    return sizeof(int32_t) * (2 * slots + experts + 1) +
+           sizeof(float) * slots * static_cast<size_t>(config_.intermediate + config_.hidden);
+  }
+
+  void forward(const MoeForwardArgs& args, void* workspace, void* /*stream*/) override {
+    validate_forward_args(config_, args);
+    if (args.num_tokens == 0) return;
+    require(workspace != nullptr, ErrorKind::kInvalidArgument,
+            "forward: workspace is null; it must hold workspace_bytes() = {} bytes",
+            workspace_bytes());
+    const Workspace ws = carve(workspace);
+    route(args, ws);
+    // W4A4 quantizes the hidden states, which must therefore be finite; the amax also gives
+    // the dynamic g1.
+    const float hidden_amax =
+        config_.mode == QuantMode::kW4A4
+            ? finite_amax(
+                  std::span(args.hidden, static_cast<size_t>(args.num_tokens * config_.hidden)),
+                  "forward: hidden (W4A4 quantizes it)")
+            : 0.0f;
+    gate_up(args, hidden_amax, ws);
+    down(ws);
+    combine(args, ws);
+  }
+
+ private:
+  Workspace carve(void* workspace) const {
+    const auto slots = static_cast<size_t>(config_.max_tokens * config_.top_k);
+    auto* ints = static_cast<int32_t*>(workspace);
+    Workspace ws{};
+    ws.slot_expert = ints;
+    ws.expert_offsets = ints + slots;
+    ws.expert_slots = ws.expert_offsets + config_.num_local_experts + 1;
+    ws.h = reinterpret_cast<float*>(ws.expert_slots + slots);
+    ws.y = ws.h + slots * static_cast<size_t>(config_.intermediate);
+    return ws;
+  }
+
+  // Phase 1: validate ids and weights of the router, bucket slots by local expert.
+  void route(const MoeForwardArgs& args, const Workspace& ws) const {
+    const int64_t k = config_.top_k;
+    const int64_t num_slots = args.num_tokens * k;
+    std::fill(ws.expert_offsets, ws.expert_offsets + config_.num_local_experts + 1, 0);
+    for (int64_t s = 0; s < num_slots; ++s) {
+      const int32_t id = args.topk_ids[s];
+      if (id < -1 || id >= config_.num_experts) {
+        fail(ErrorKind::kInvalidArgument,
+             "forward: topk_ids[{},{}] = {} but the layer has {} experts (ids 0..{}, or -1)", s / k,
+             s % k, id, config_.num_experts, config_.num_experts - 1);
+      }
+      const float weight = args.topk_weights[s];
+      require(std::isfinite(weight), ErrorKind::kInvalidArgument,
+              "forward: topk_weights[{},{}] = {}, expected a finite value", s / k, s % k, weight);
+      const int64_t local = id - config_.first_local_expert;
+      const bool is_local = id >= 0 && local >= 0 && local < config_.num_local_experts;
+      ws.slot_expert[s] = is_local ? static_cast<int32_t>(local) : -1;
+      if (is_local) ++ws.expert_offsets[local + 1];
+    }
+    for (int64_t e = 0; e < config_.num_local_experts; ++e) {
+      ws.expert_offsets[e + 1] += ws.expert_offsets[e];
+    }
+    std::vector<int32_t> cursor(ws.expert_offsets, ws.expert_offsets + config_.num_local_experts);
+    for (int64_t s = 0; s < num_slots; ++s) {
+      if (ws.slot_expert[s] >= 0) ws.expert_slots[cursor[ws.slot_expert[s]]++] = int32_t(s);
+    }
+  }
+
+  // Phase 2: h = act(a . W1^T, a . W3^T) for every routed slot.
+  void gate_up(const MoeForwardArgs& args, float hidden_amax, const Workspace& ws) const {
+    const int64_t hidden = config_.hidden;
+    const int64_t inter = config_.intermediate;
+    const int64_t k = config_.top_k;
+    const bool w4a4 = config_.mode == QuantMode::kW4A4;
+    const bool dynamic = config_.activation_scale == ActivationScale::kDynamic;
+    const float batch_g1 = nvfp4_dynamic_global_scale(hidden_amax);
+    const bool clamped = config_.activation == Activation::kSwigluClamped;
+
+    parallel_for(config_.num_local_experts, [&](int64_t e) {
+      const int32_t begin = ws.expert_offsets[e];
+      const int32_t count = ws.expert_offsets[e + 1] - begin;
+      if (count == 0) return;
+      const float g1 = !w4a4 ? 1.0f : dynamic ? batch_g1 : rows_->gate_up_input_scale(e);
+      std::vector<float> a(static_cast<size_t>(count * hidden));
+      for (int32_t i = 0; i < count; ++i) {
+        const int64_t token = ws.expert_slots[begin + i] / k;
+        float* row = &a[i * hidden];
+        for (int64_t c = 0; c < hidden; ++c)
+          row[c] = bf16_to_float(args.hidden[token * hidden + c]);
+        if (w4a4) quantize_dequantize_row(row, hidden, g1);
+      }
+      // acc[i, r] for r in [0, 2I): rows [0, I) gate, [I, 2I) up.
+      std::vector<float> acc(static_cast<size_t>(count * 2 * inter));
+      std::vector<float> w_row(static_cast<size_t>(hidden));
+      for (int64_t r = 0; r < 2 * inter; ++r) {
+        rows_->gate_up_row(e, r, w_row.data());
+        for (int32_t i = 0; i < count; ++i) {
+          acc[i * 2 * inter + r] = dot(&a[i * hidden], w_row.data(), hidden);
+        }
+      }
+      const float alpha_gate = g1 * rows_->gate_scale(e);
+      const float alpha_up = g1 * rows_->up_scale(e);
+      for (int32_t i = 0; i < count; ++i) {
+        float* h = ws.h + ws.expert_slots[begin + i] * inter;
+        const float* row = &acc[i * 2 * inter];
+        for (int64_t c = 0; c < inter; ++c) {
+          const float value = gated_activation(alpha_gate * row[c], alpha_up * row[inter + c],
+                                               clamped, config_.swiglu_limit);
+          h[c] = w4a4 ? value : bf16_to_float(float_to_bf16(value));
+        }
+      }
+    });
+  }
+
+  // Phase 3: y = h . W2^T for every routed slot (h re-quantized first in W4A4).
+  void down(const Workspace& ws) const {
+    const int64_t hidden = config_.hidden;
+    const int64_t inter = config_.intermediate;
+    const int64_t num_routed = ws.expert_offsets[config_.num_local_experts];
+    const bool w4a4 = config_.mode == QuantMode::kW4A4;
+    const bool dynamic = config_.activation_scale == ActivationScale::kDynamic;
+    float batch_g2 = 1.0f;
+    if (w4a4) {
+      for (int64_t i = 0; i < num_routed; ++i) {
+        const float* h = ws.h + ws.expert_slots[i] * inter;
+        require(std::all_of(h, h + inter, [](float v) { return std::isfinite(v); }),
+                ErrorKind::kInvalidArgument,
+                "forward: the intermediate activation of slot {} is not finite; W4A4 cannot "
+                "quantize it (are the weights or hidden states too large?)",
+                ws.expert_slots[i]);
+      }
+      if (dynamic) {
+        float amax = 0.0f;
+        for (int64_t i = 0; i < num_routed; ++i) {
+          const float* h = ws.h + ws.expert_slots[i] * inter;
+          for (int64_t c = 0; c < inter; ++c) amax = std::fmax(amax, std::fabs(h[c]));
+        }
+        batch_g2 = nvfp4_dynamic_global_scale(amax);
+      }
+    }
+
+    parallel_for(config_.num_local_experts, [&](int64_t e) {
+      const int32_t begin = ws.expert_offsets[e];
+      const int32_t count = ws.expert_offsets[e + 1] - begin;
+      if (count == 0) return;
+      const float g2 = !w4a4 ? 1.0f : dynamic ? batch_g2 : rows_->down_input_scale(e);
+      if (w4a4) {
+        for (int32_t i = 0; i < count; ++i) {
+          quantize_dequantize_row(ws.h + ws.expert_slots[begin + i] * inter, inter, g2);
+        }
+      }
+      const float alpha = g2 * rows_->down_scale(e);
+      std::vector<float> w_row(static_cast<size_t>(inter));
+      for (int64_t n = 0; n < hidden; ++n) {
+        rows_->down_row(e, n, w_row.data());
+        for (int32_t i = 0; i < count; ++i) {
+          const int32_t slot = ws.expert_slots[begin + i];
+          ws.y[slot * hidden + n] = alpha * dot(ws.h + slot * inter, w_row.data(), inter);
+        }
+      }
+    });
+  }
+
+  // Phase 4: out[t] = bf16(sum over local slots j, in order, of topk_weights[t, j] * y[t, j]).
+  void combine(const MoeForwardArgs& args, const Workspace& ws) const {
+    const int64_t hidden = config_.hidden;
+    const int64_t k = config_.top_k;
+    parallel_for(args.num_tokens, [&](int64_t t) {
+      std::vector<float> acc(static_cast<size_t>(hidden), 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t slot = t * k + j;
+        if (ws.slot_expert[slot] < 0) continue;
+        const float weight = args.topk_weights[slot];
+        const float* y = ws.y + slot * hidden;
+        for (int64_t c = 0; c < hidden; ++c) acc[c] += weight * y[c];
+      }
+      uint16_t* out = args.output + t * hidden;
+      for (int64_t c = 0; c < hidden; ++c) out[c] = float_to_bf16(acc[c]);
+    });
+  }
+
+  MoeConfig config_;
+  std::shared_ptr<const ExpertRows> rows_;
+};
+
+}  // namespace
+
+std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config,
+                                           std::shared_ptr<const ExpertRows> rows) {
+  return std::make_unique<CpuMoeRunner>(config, std::move(rows));
+}
+
+std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights) {
+  validate_weights(config, weights);
+  return make_cpu_runner(config,
+                         std::make_shared<Nvfp4Rows>(weights, config.hidden, config.intermediate));
+}
+
+std::shared_ptr<const ExpertRows> bf16_expert_rows(const uint16_t* gate_up, const uint16_t* down,
+                                                   int64_t hidden, int64_t intermediate) {
+  return std::make_shared<Bf16Rows>(gate_up, down, hidden, intermediate);
+}
+
+std::shared_ptr<const ExpertRows> dequantized_bf16_rows(const MoeWeightsView& weights,
+                                                        int64_t hidden, int64_t intermediate) {
+  return std::make_shared<DequantizedBf16Rows>(weights, hidden, intermediate);
+}
+
+}  // namespace nvfp4moe

@@ -1,0 +1,141 @@
+// Backend selection and device memory. The CUDA half lives in src/cuda/runtime_cuda.cu and is
+// reached only when the build has the CUDA backend.
+#include "nvfp4moe/runtime.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "core/check.hpp"
+
+#if NVFP4MOE_WITH_CUDA
+#include "cuda/runtime_cuda.hpp"
+#endif
+
+namespace nvfp4moe {
+
+bool cuda_available() {
+#if NVFP4MOE_WITH_CUDA
+  return cuda::device_usable(nullptr);
+#else
+  return false;
+#endif
+}
+
+Device best_device() { return cuda_available() ? Device::kCuda : Device::kCpu; }
+
+Device parse_device(std::string_view name) {
+  if (name == "auto") return best_device();
+  if (name == "cpu") return Device::kCpu;
+  if (name == "cuda") {
+#if NVFP4MOE_WITH_CUDA
+    std::string reason;
+    require(cuda::device_usable(&reason), ErrorKind::kUnsupported, "device 'cuda': {}", reason);
+    return Device::kCuda;
+#else
+    fail(ErrorKind::kUnsupported,
+         "device 'cuda': this build has no CUDA backend (nvcc was not "
+         "found when it was configured)");
+#endif
+  }
+  fail(ErrorKind::kInvalidArgument, "unknown device '{}', expected auto, cpu or cuda", name);
+}
+
+std::unique_ptr<MoeRunner> make_runner(Device device, const MoeConfig& config,
+                                       const MoeWeights& weights) {
+  validate_weights(config, weights);
+  if (device == Device::kCpu) return make_cpu_runner(config, weights.view());
+#if NVFP4MOE_WITH_CUDA
+  return cuda::make_runner(config, weights);
+#else
+  fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
+#endif
+}
+
+DeviceBuffer::DeviceBuffer(Device device, size_t bytes) : device_(device), size_(bytes) {
+  if (bytes == 0) return;
+  if (device == Device::kCpu) {
+    data_ = std::malloc(bytes);
+    require(data_ != nullptr, ErrorKind::kInvalidArgument,
+            "cannot allocate {} bytes of host memory", bytes);
+    return;
+  }
+#if NVFP4MOE_WITH_CUDA
+  data_ = cuda::device_alloc(bytes);
+#else
+  fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
+#endif
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (data_ == nullptr) return;
+  if (device_ == Device::kCpu) {
+    std::free(data_);
+  } else {
+#if NVFP4MOE_WITH_CUDA
+    cuda::device_free(data_);
+#endif
+  }
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : device_(other.device_),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    DeviceBuffer old(std::move(*this));
+    device_ = other.device_;
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+void DeviceBuffer::upload(const void* host, size_t bytes) {
+  require(bytes <= size_, ErrorKind::kInvalidArgument, "upload of {} bytes into a {}-byte buffer",
+          bytes, size_);
+  if (bytes == 0) return;
+  if (device_ == Device::kCpu) {
+    std::memcpy(data_, host, bytes);
+    return;
+  }
+#if NVFP4MOE_WITH_CUDA
+  cuda::copy_to_device(data_, host, bytes);
+#endif
+}
+
+void DeviceBuffer::download(void* host, size_t bytes) const {
+  require(bytes <= size_, ErrorKind::kInvalidArgument, "download of {} bytes from a {}-byte buffer",
+          bytes, size_);
+  if (bytes == 0) return;
+  if (device_ == Device::kCpu) {
+    std::memcpy(host, data_, bytes);
+    return;
+  }
+#if NVFP4MOE_WITH_CUDA
+  cuda::copy_to_host(host, data_, bytes);
+#endif
+}
+
+void DeviceBuffer::fill(unsigned char value) {
+  if (size_ == 0) return;
+  if (device_ == Device::kCpu) {
+    std::memset(data_, value, size_);
+    return;
+  }
+#if NVFP4MOE_WITH_CUDA
+  cuda::device_memset(data_, value, size_);
+#endif
+}
+
+void synchronize(Device device) {
+#if NVFP4MOE_WITH_CUDA
+  if (device == Device::kCuda) cuda::device_synchronize();
+#else
+  (void)device;
+#endif
+}
+
+}  // namespace nvfp4moe

@@ -1,0 +1,157 @@
+// The NVFP4 number formats: exhaustive checks against brute-force oracles (DESIGN §3).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "nvfp4moe/format.hpp"
+#include "support/moe_reference.hpp"
+
+namespace nvfp4moe {
+namespace {
+
+using testing::reference_e2m1_encode;
+using testing::reference_e2m1_value;
+using testing::reference_e4m3_encode;
+using testing::reference_e4m3_value;
+
+TEST(E2M1, DecodesTheSixteenCodes) {
+  const float magnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  for (int code = 0; code < 16; ++code) {
+    const float expected = (code & 8) ? -magnitudes[code & 7] : magnitudes[code & 7];
+    EXPECT_EQ(e2m1_decode(static_cast<uint8_t>(code)), expected) << "code " << code;
+    EXPECT_EQ(std::signbit(e2m1_decode(static_cast<uint8_t>(code))), (code & 8) != 0);
+  }
+}
+
+// Every bf16 bit pattern, finite or not, through the encoder, against the nearest-value search
+// (ties to the even code, saturation to 6).
+TEST(E2M1, AllBf16PatternsMatchTheNearestValueOracle) {
+  int checked = 0;
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    const float x = bf16_to_float(static_cast<uint16_t>(bits));
+    if (std::isnan(x)) continue;
+    ASSERT_EQ(e2m1_encode(x), reference_e2m1_encode(x))
+        << "bf16 0x" << std::hex << bits << " = " << x;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 65536 - 2 * 127);  // all but the NaN patterns
+}
+
+TEST(E2M1, RoundsToNearestEvenLikeTheHardware) {
+  // The values DESIGN §3 quotes from an H200, and the bug this project must not repeat
+  // (rounding to a half step first turns 2.6 into 2).
+  EXPECT_EQ(e2m1_decode(e2m1_encode(2.5f)), 2.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(2.6f)), 3.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(5.0f)), 4.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(7.0f)), 6.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(0.25f)), 0.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(0.26f)), 0.5f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(0.75f)), 1.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(1.25f)), 1.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(1.75f)), 2.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(3.5f)), 4.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(-2.6f)), -3.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(1e30f)), 6.0f);
+  EXPECT_EQ(e2m1_decode(e2m1_encode(-std::numeric_limits<float>::infinity())), -6.0f);
+}
+
+TEST(E2M1, KeepsTheSignOfZero) {
+  EXPECT_EQ(e2m1_encode(0.0f), 0);
+  EXPECT_EQ(e2m1_encode(-0.0f), 8);
+  EXPECT_EQ(e2m1_encode(-0.1f), 8);  // rounds to -0, like cvt.rn
+  EXPECT_TRUE(std::signbit(e2m1_decode(8)));
+}
+
+TEST(E4M3, DecodesAll256CodesLikeTheIndependentFormula) {
+  for (int code = 0; code < 256; ++code) {
+    const double expected = reference_e4m3_value(static_cast<uint8_t>(code));
+    const float actual = e4m3_decode(static_cast<uint8_t>(code));
+    if (std::isnan(expected)) {
+      EXPECT_TRUE(std::isnan(actual)) << "code " << code;
+      EXPECT_TRUE((code & 0x7F) == 0x7F);
+      continue;
+    }
+    EXPECT_EQ(static_cast<double>(actual), expected) << "code " << code;
+  }
+  EXPECT_EQ(e4m3_decode(0x7E), 448.0f);
+  EXPECT_EQ(e4m3_decode(0x01), std::ldexp(1.0f, -9));
+  EXPECT_EQ(e4m3_decode(0x08), std::ldexp(1.0f, -6));
+}
+
+TEST(E4M3, EveryFiniteCodeRoundTrips) {
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7F) == 0x7F) continue;
+    EXPECT_EQ(e4m3_encode(e4m3_decode(static_cast<uint8_t>(code))), code) << "code " << code;
+  }
+}
+
+TEST(E4M3, AllBf16PatternsMatchTheNearestValueOracle) {
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    const float x = bf16_to_float(static_cast<uint16_t>(bits));
+    ASSERT_EQ(e4m3_encode(x), reference_e4m3_encode(x))
+        << "bf16 0x" << std::hex << bits << " = " << x;
+  }
+}
+
+TEST(E4M3, TiesGoToEvenAndLargeValuesSaturate) {
+  for (int code = 0; code < 0x7E; ++code) {
+    // The midpoint between neighbouring codes goes to the even one; just above goes up.
+    const double low = reference_e4m3_value(static_cast<uint8_t>(code));
+    const double high = reference_e4m3_value(static_cast<uint8_t>(code + 1));
+    const auto mid = static_cast<float>((low + high) / 2);  // exact in fp32
+    EXPECT_EQ(e4m3_encode(mid), (code % 2 == 0) ? code : code + 1) << "between codes " << code;
+    EXPECT_EQ(e4m3_encode(std::nextafter(mid, 1e9f)), code + 1) << "above midpoint " << code;
+    EXPECT_EQ(e4m3_encode(std::nextafter(mid, 0.0f)), code) << "below midpoint " << code;
+  }
+  EXPECT_EQ(e4m3_encode(464.0f), kE4M3MaxCode);
+  EXPECT_EQ(e4m3_encode(1e9f), kE4M3MaxCode);
+  EXPECT_EQ(e4m3_encode(std::numeric_limits<float>::infinity()), kE4M3MaxCode);
+  EXPECT_EQ(e4m3_encode(-std::numeric_limits<float>::infinity()), 0x80 | kE4M3MaxCode);
+  EXPECT_EQ(e4m3_encode(std::ldexp(1.0f, -10)), 0);  // half the smallest subnormal: tie to 0
+  EXPECT_EQ(e4m3_encode(std::nextafter(std::ldexp(1.0f, -10), 1.0f)), 1);
+  EXPECT_EQ(e4m3_encode(std::numeric_limits<float>::quiet_NaN()) & 0x7F, kE4M3NanCode);
+}
+
+// Every fp32 value in [2^-12, 512) whose low 14 mantissa bits are zero: 2^9 per binade, far more
+// than the 2^3 codes, so ties and near-ties of every binade are covered.
+TEST(E4M3, DenseFp32SweepMatchesTheOracle) {
+  for (uint32_t bits = float_to_bits(std::ldexp(1.0f, -12)); bits < float_to_bits(512.0f);
+       bits += 1u << 14) {
+    const float x = bits_to_float(bits);
+    ASSERT_EQ(e4m3_encode(x), reference_e4m3_encode(x)) << x;
+  }
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x3F808000u)), 0x3F80);  // tie, even stays
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x3F818000u)), 0x3F82);  // tie, odd rounds up
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x3F808001u)), 0x3F81);
+  EXPECT_EQ(float_to_bf16(-0.0f), 0x8000);
+  EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::infinity()), 0x7F80);
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x7F7FFFFFu)), 0x7F80);  // rounds past the largest bf16
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    const float x = bf16_to_float(static_cast<uint16_t>(bits));
+    if (!std::isnan(x)) {
+      ASSERT_EQ(float_to_bf16(x), bits);
+    }
+  }
+}
+
+TEST(Nvfp4Element, ProductsAreExactInBf16) {
+  // DESIGN §3's key fact for Hopper: e2m1 * e4m3 has at most 5 significant bits.
+  for (int code = 0; code < 16; ++code) {
+    for (int scale = 0; scale < 256; ++scale) {
+      if ((scale & 0x7F) == 0x7F) continue;
+      const float v = nvfp4_element_value(static_cast<uint8_t>(code), static_cast<uint8_t>(scale));
+      EXPECT_EQ(static_cast<double>(v), reference_e2m1_value(static_cast<uint8_t>(code)) *
+                                            reference_e4m3_value(static_cast<uint8_t>(scale)));
+      EXPECT_EQ(bf16_to_float(float_to_bf16(v)), v) << code << " x " << scale;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nvfp4moe

@@ -1,0 +1,331 @@
+// The float64 interval reference of the MoE forward. See moe_reference.hpp for why intervals.
+//
+// Nothing here calls the library's codecs or quantizer: values are decoded from their own
+// tables and encoded by exhaustive nearest-value search, so a shared bug cannot hide.
+#include "support/moe_reference.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+
+namespace nvfp4moe::testing {
+
+namespace {
+
+constexpr double kE2M1Magnitudes[8] = {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0};
+
+double bf16_value(uint16_t bits) {
+  const uint32_t widened = uint32_t{bits} << 16;
+  float f;
+  std::memcpy(&f, &widened, sizeof f);
+  return f;
+}
+
+double gamma(int64_t n, double u) { return n * u / (1.0 - n * u); }
+
+// Smallest positive subnormal fp32, a floor for bounds so that underflow is covered.
+constexpr double kTiny = 1.401298464324817e-45;
+
+struct GatedActivation {
+  bool clamped;
+  double limit;
+  double silu(double x) const { return x / (1.0 + std::exp(-x)); }
+  double operator()(double gate, double up) const {
+    if (clamped) {
+      gate = std::min(gate, limit);
+      up = std::clamp(up, -limit, limit);
+    }
+    return silu(gate) * up;
+  }
+};
+
+// One NVFP4 quantization of a float row with global scale g, the DESIGN §3 steps in fp32 with
+// the reference's own encoders. Returns e2m1 * e4m3 per element (no global scale).
+std::vector<double> quantize_row(const std::vector<float>& row, float g) {
+  std::vector<double> out(row.size());
+  for (size_t b = 0; b < row.size(); b += 16) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(row[b + i]));
+    const uint8_t scale = amax == 0.0f ? 0 : reference_e4m3_encode(amax / (6.0f * g));
+    const auto scale_value = static_cast<float>(reference_e4m3_value(scale));
+    for (size_t i = 0; i < 16; ++i) {
+      out[b + i] =
+          scale == 0 ? 0.0
+                     : reference_e2m1_value(reference_e2m1_encode(row[b + i] / (scale_value * g))) *
+                           scale_value;
+    }
+  }
+  return out;
+}
+
+// Widens a signed interval by a relative amount.
+void widen(double& lo, double& hi, double relative) {
+  lo -= std::fabs(lo) * relative;
+  hi += std::fabs(hi) * relative;
+}
+
+double e2m1_round(double x) { return reference_e2m1_value(reference_e2m1_encode(x)); }
+
+// The W4A4 re-quantization of one routed h row under uncertainty. h[i] is exact, eh[i] bounds a
+// backend's deviation, g2 the reference's global scale and g2_slack its relative uncertainty.
+// Writes the reference's quantized values (without g2) and, per element, the largest deviation
+// a backend's quantized value may have from them.
+void requantize_with_bounds(const std::vector<double>& h, const std::vector<double>& eh, float g2,
+                            double g2_slack, double u, std::vector<double>& hq,
+                            std::vector<double>& delta) {
+  const size_t n = h.size();
+  hq.assign(n, 0.0);
+  delta.assign(n, 0.0);
+  std::vector<float> h_float(n);
+  for (size_t i = 0; i < n; ++i) h_float[i] = static_cast<float>(h[i]);
+  hq = quantize_row(h_float, g2);
+  const double slack = 4 * u + g2_slack;
+  for (size_t b = 0; b < n; b += 16) {
+    double amax_lo = 0.0, amax_hi = 0.0;
+    for (size_t i = b; i < b + 16; ++i) {
+      amax_lo = std::max(amax_lo, std::fabs(h[i]) - eh[i]);
+      amax_hi = std::max(amax_hi, std::fabs(h[i]) + eh[i]);
+    }
+    double scale_lo = amax_lo / (6.0 * g2), scale_hi = amax_hi / (6.0 * g2);
+    widen(scale_lo, scale_hi, slack);
+    const uint8_t code_lo = amax_lo <= 0.0 ? 0 : reference_e4m3_encode(scale_lo);
+    const uint8_t code_hi = reference_e4m3_encode(scale_hi);
+    // The reference's own value also counts as a candidate: with float(h) as input the reference
+    // is one of the backends the bound describes.
+    for (int code = code_lo; code <= code_hi; ++code) {
+      const double sf = reference_e4m3_value(static_cast<uint8_t>(code));
+      for (size_t i = b; i < b + 16; ++i) {
+        double lo = 0.0, hi = 0.0;
+        if (code != 0) {
+          lo = (h[i] - eh[i]) / (sf * g2);
+          hi = (h[i] + eh[i]) / (sf * g2);
+          widen(lo, hi, slack);
+          lo = e2m1_round(lo) * sf;
+          hi = e2m1_round(hi) * sf;
+        }
+        delta[i] = std::max({delta[i], std::fabs(lo - hq[i]), std::fabs(hi - hq[i])});
+      }
+    }
+  }
+}
+
+}  // namespace
+
+double reference_e2m1_value(uint8_t code) {
+  const double magnitude = kE2M1Magnitudes[code & 7];
+  return (code & 8) ? -magnitude : magnitude;
+}
+
+double reference_e4m3_value(uint8_t code) {
+  const int exponent = (code >> 3) & 15;
+  const int mantissa = code & 7;
+  if (exponent == 15 && mantissa == 7) return std::numeric_limits<double>::quiet_NaN();
+  const double magnitude =
+      exponent == 0 ? std::ldexp(mantissa, -9) : std::ldexp(8 + mantissa, exponent - 10);
+  return (code & 0x80) ? -magnitude : magnitude;
+}
+
+uint8_t reference_e2m1_encode(double x) {
+  const double a = std::fabs(x);
+  // At and beyond the largest magnitude the answer is saturation (and for huge values the
+  // distances below would no longer be exact in double).
+  if (a >= 6.0) return static_cast<uint8_t>((std::signbit(x) ? 8 : 0) | 7);
+  int best = 0;
+  for (int m = 1; m < 8; ++m) {
+    const double d = std::fabs(a - kE2M1Magnitudes[m]);
+    const double best_d = std::fabs(a - kE2M1Magnitudes[best]);
+    if (d < best_d || (d == best_d && (m & 1) == 0)) best = m;
+  }
+  return static_cast<uint8_t>((std::signbit(x) ? 8 : 0) | best);
+}
+
+uint8_t reference_e4m3_encode(double x) {
+  if (std::isnan(x)) return static_cast<uint8_t>((std::signbit(x) ? 0x80 : 0) | 0x7F);
+  const double a = std::fabs(x);
+  if (a >= 448.0) return static_cast<uint8_t>((std::signbit(x) ? 0x80 : 0) | 0x7E);
+  int best = 0;
+  for (int c = 1; c <= 0x7E; ++c) {
+    const double d = std::fabs(a - reference_e4m3_value(static_cast<uint8_t>(c)));
+    const double best_d = std::fabs(a - reference_e4m3_value(static_cast<uint8_t>(best)));
+    if (d < best_d || (d == best_d && (c & 1) == 0)) best = c;
+  }
+  return static_cast<uint8_t>((std::signbit(x) ? 0x80 : 0) | best);
+}
+
+double reference_bf16_round(double x) {
+  if (x == 0.0 || !std::isfinite(x)) return x;
+  int exponent;
+  std::frexp(x, &exponent);                        // |x| in [2^(e-1), 2^e)
+  const int shift = std::max(exponent - 8, -133);  // 8 significant bits; subnormals below 2^-126
+  return std::ldexp(std::nearbyint(std::ldexp(x, -shift)), shift);
+}
+
+ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
+                              const ReferenceInputs& in, double u) {
+  const int64_t H = config.hidden, I = config.intermediate, k = config.top_k;
+  const int64_t T = in.num_tokens;
+  const bool w4a4 = config.mode == QuantMode::kW4A4;
+  const bool dynamic = config.activation_scale == ActivationScale::kDynamic;
+  const GatedActivation act{config.activation == Activation::kSwigluClamped, config.swiglu_limit};
+
+  ReferenceOutput out;
+  out.value.assign(static_cast<size_t>(T * H), 0.0);
+  out.low.assign(out.value.size(), 0.0);
+  out.high.assign(out.value.size(), 0.0);
+
+  auto weight = [](const std::vector<uint8_t>& values, const std::vector<uint8_t>& scales,
+                   int64_t row, int64_t cols, int64_t c) {
+    const uint8_t byte = values[(row * cols + c) / 2];
+    const uint8_t code = (c % 2 == 0) ? (byte & 15) : (byte >> 4);
+    return reference_e2m1_value(code) * reference_e4m3_value(scales[(row * cols + c) / 16]);
+  };
+
+  // Dynamic g1: amax over the whole batch (exact), in fp32.
+  float batch_g1 = 1.0f;
+  if (w4a4 && dynamic) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < T * H; ++i)
+      amax = std::max(amax, std::fabs(float(bf16_value(in.hidden[i]))));
+    batch_g1 = amax / 2688.0f;
+    if (!(batch_g1 > 0.0f)) batch_g1 = 1.0f;
+  }
+
+  // Stage 1-3 for every routed slot: h and its bound.
+  struct Slot {
+    int64_t token, j, expert;
+    std::vector<double> h, eh;
+  };
+  std::vector<Slot> slots;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t id = in.topk_ids[t * k + j];
+      const int64_t e = id - config.first_local_expert;
+      if (id < 0 || e < 0 || e >= config.num_local_experts) continue;
+      Slot slot{t, j, e, std::vector<double>(I), std::vector<double>(I)};
+      const float g1 = !w4a4 ? 1.0f : dynamic ? batch_g1 : w.gate_up_input_scale[e];
+      std::vector<float> x(H);
+      for (int64_t c = 0; c < H; ++c) x[c] = float(bf16_value(in.hidden[t * H + c]));
+      std::vector<double> a(H);
+      if (w4a4) {
+        a = quantize_row(x, g1);
+      } else {
+        for (int64_t c = 0; c < H; ++c) a[c] = x[c];
+      }
+      const double alpha_gate = float(g1 * w.gate_global_scale[e]);
+      const double alpha_up = float(g1 * w.up_global_scale[e]);
+      for (int64_t r = 0; r < I; ++r) {
+        double gate = 0, gate_abs = 0, up = 0, up_abs = 0;
+        for (int64_t c = 0; c < H; ++c) {
+          const double wg = weight(w.gate_up_values, w.gate_up_scales, e * 2 * I + r, H, c);
+          const double wu = weight(w.gate_up_values, w.gate_up_scales, e * 2 * I + I + r, H, c);
+          gate += a[c] * wg;
+          gate_abs += std::fabs(a[c] * wg);
+          up += a[c] * wu;
+          up_abs += std::fabs(a[c] * wu);
+        }
+        const double g = alpha_gate * gate, v = alpha_up * up;
+        const double eg = std::fabs(alpha_gate) * gamma(H, u) * gate_abs * (1 + u) +
+                          u * std::fabs(g) * (1 + 2 * u) + H * kTiny;
+        const double ev = std::fabs(alpha_up) * gamma(H, u) * up_abs * (1 + u) +
+                          u * std::fabs(v) * (1 + 2 * u) + H * kTiny;
+        const double gc = act.clamped ? std::min(g, act.limit) : g;
+        const double vc = act.clamped ? std::clamp(v, -act.limit, act.limit) : v;
+        const double h = act(g, v);
+        slot.h[r] = h;
+        // |silu'| <= 1.1; the fp32 evaluation (exp, add, divide, multiply) costs a few ulps.
+        slot.eh[r] = (1.1 * (std::fabs(vc) + ev) * eg + (std::fabs(act.silu(gc)) + 1.1 * eg) * ev) *
+                         (1 + 12 * u) +
+                     12 * u * std::fabs(h) + kTiny;
+        // Below -88, exp(-gate) overflows fp32 and silu evaluates to -0 instead of a tiny value.
+        if (gc - eg < -80.0) slot.eh[r] += std::fabs(h);
+      }
+      slots.push_back(std::move(slot));
+    }
+  }
+
+  // W4A4 dynamic g2 over every routed h, and its relative uncertainty.
+  float batch_g2 = 1.0f;
+  double g2_slack = 0.0;
+  if (w4a4 && dynamic) {
+    double amax = 0.0, amax_lo = 0.0, amax_hi = 0.0;
+    for (const Slot& s : slots) {
+      for (int64_t r = 0; r < I; ++r) {
+        amax = std::max(amax, std::fabs(s.h[r]));
+        amax_lo = std::max(amax_lo, std::fabs(s.h[r]) - s.eh[r]);
+        amax_hi = std::max(amax_hi, std::fabs(s.h[r]) + s.eh[r]);
+      }
+    }
+    batch_g2 = float(amax) / 2688.0f;
+    if (!(batch_g2 > 0.0f)) batch_g2 = 1.0f;
+    g2_slack = amax > 0 ? (amax_hi - amax_lo) / amax + 4 * u : 0.0;
+  }
+
+  // Stage 4-5: per slot y and its bound; stage 6: combine per token.
+  std::vector<double> out_bound(out.value.size(), 0.0), out_abs(out.value.size(), 0.0);
+  for (const Slot& s : slots) {
+    std::vector<double> hq(I), delta(I);
+    float g2 = 1.0f;
+    double slack = 0.0;
+    if (w4a4) {
+      g2 = dynamic ? batch_g2 : w.down_input_scale[s.expert];
+      slack = dynamic ? g2_slack : 0.0;
+      requantize_with_bounds(s.h, s.eh, g2, slack, u, hq, delta);
+    } else {
+      for (int64_t r = 0; r < I; ++r) {
+        hq[r] = reference_bf16_round(s.h[r]);
+        delta[r] = std::max(std::fabs(reference_bf16_round(s.h[r] - s.eh[r]) - hq[r]),
+                            std::fabs(reference_bf16_round(s.h[r] + s.eh[r]) - hq[r]));
+      }
+    }
+    const double alpha = float(g2 * w.down_global_scale[s.expert]);
+    const double topk_weight = in.topk_weights[s.token * k + s.j];
+    for (int64_t n = 0; n < H; ++n) {
+      double y = 0, y_abs = 0, y_delta = 0;
+      for (int64_t r = 0; r < I; ++r) {
+        const double wd = weight(w.down_values, w.down_scales, s.expert * H + n, I, r);
+        y += hq[r] * wd;
+        y_abs += (std::fabs(hq[r]) + delta[r]) * std::fabs(wd);
+        y_delta += delta[r] * std::fabs(wd);
+      }
+      y *= alpha;
+      // Deviations of h, the fp32 sum, then alpha: its rounding and (dynamic g2) its slack.
+      const double ey = std::fabs(alpha) * (y_delta + gamma(I, u) * y_abs) * (1 + u) +
+                        (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) + I * kTiny;
+      const size_t o = static_cast<size_t>(s.token * H + n);
+      out.value[o] += topk_weight * y;
+      out_bound[o] += std::fabs(topk_weight) * ey;
+      out_abs[o] += std::fabs(topk_weight) * (std::fabs(y) + ey);
+    }
+  }
+  for (size_t o = 0; o < out.value.size(); ++o) {
+    const double bound = out_bound[o] + gamma(k + 1, u) * out_abs[o];
+    out.low[o] = reference_bf16_round(out.value[o] - bound);
+    out.high[o] = reference_bf16_round(out.value[o] + bound);
+  }
+  return out;
+}
+
+std::string check_against_reference(const std::vector<uint16_t>& output,
+                                    const ReferenceOutput& reference, int64_t hidden) {
+  std::ostringstream report;
+  int64_t failures = 0;
+  if (output.size() != reference.value.size()) {
+    report << "output has " << output.size() << " elements, reference " << reference.value.size();
+    return report.str();
+  }
+  for (size_t i = 0; i < output.size(); ++i) {
+    const double v = bf16_value(output[i]);
+    if (v >= reference.low[i] && v <= reference.high[i]) continue;
+    if (++failures <= 5) {
+      report << "out[" << i / hidden << ", " << i % hidden << "] = " << v << " outside ["
+             << reference.low[i] << ", " << reference.high[i] << "] (exact " << reference.value[i]
+             << ")\n";
+    }
+  }
+  if (failures > 0) report << failures << " of " << output.size() << " elements outside\n";
+  return report.str();
+}
+
+}  // namespace nvfp4moe::testing
