@@ -81,6 +81,7 @@ TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats) {
     if (i >= warmup)
       times.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
   }
+  runner.check_errors(nullptr);
   std::sort(times.begin(), times.end());
   result.median_ms = times.empty() ? 0.0 : times[times.size() / 2];
   result.output.resize(batch.hidden.size());

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "core/check.hpp"
+#include "cpu/linear_cpu.hpp"
 
 #if NVFP4MOE_WITH_CUDA
 #include "cuda/runtime_cuda.hpp"
@@ -47,6 +48,17 @@ std::unique_ptr<MoeRunner> make_runner(Device device, const MoeConfig& config,
   if (device == Device::kCpu) return make_cpu_runner(config, weights.view());
 #if NVFP4MOE_WITH_CUDA
   return cuda::make_runner(config, weights);
+#else
+  fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
+#endif
+}
+
+std::unique_ptr<Nvfp4Linear> make_linear(Device device, const LinearConfig& config,
+                                         const NvFp4View& weight, float input_scale) {
+  if (device == Device::kCpu) return make_cpu_linear(config, weight, input_scale);
+#if NVFP4MOE_WITH_CUDA
+  validate_linear_weight(config, weight, input_scale);
+  return cuda::make_linear(config, weight, input_scale);
 #else
   fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
 #endif

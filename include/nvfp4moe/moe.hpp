@@ -129,6 +129,10 @@ class MoeRunner {
   // Computes the layer. `workspace` holds workspace_bytes() on the runner's device; `stream` is a
   // cudaStream_t for the CUDA backend and ignored by the CPU backend.
   virtual void forward(const MoeForwardArgs& args, void* workspace, void* stream) = 0;
+  // Throws an Error for input problems a device found in earlier forwards without stopping
+  // them (topk_ids out of range, non-finite W4A4 activations), then clears them. Waits for
+  // `stream`. The CPU backend throws from forward itself and has nothing to report here.
+  virtual void check_errors(void* stream) { (void)stream; }
 };
 
 // The CPU reference backend. It keeps the pointers of `weights`, which must outlive it.

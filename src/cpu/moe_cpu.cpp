@@ -24,6 +24,7 @@
 #include "core/check.hpp"
 #include "core/parallel.hpp"
 #include "cpu/expert_rows.hpp"
+#include "cpu/row_math.hpp"
 #include "nvfp4moe/format.hpp"
 #include "nvfp4moe/moe.hpp"
 #include "nvfp4moe/quantize.hpp"
@@ -31,30 +32,8 @@
 namespace nvfp4moe {
 namespace {
 
-// fp32 dot product of two rows whose length is a multiple of 16. Sixteen running sums (one per
-// position in a block) let the compiler vectorize without reassociating anything itself.
-float dot(const float* a, const float* b, int64_t n) {
-  float lanes[kBlockSize] = {};
-  for (int64_t i = 0; i < n; i += kBlockSize) {
-    for (int j = 0; j < kBlockSize; ++j) lanes[j] += a[i + j] * b[i + j];
-  }
-  float sum = 0.0f;
-  for (float lane : lanes) sum += lane;
-  return sum;
-}
-
-// Quantizes one row with global scale g and writes back e2m1 * e4m3 (without g): the operand a
-// block-scaled MMA sees. The row must be finite (callers check).
-void quantize_dequantize_row(float* row, int64_t n, float global_scale) {
-  for (int64_t b = 0; b < n; b += kBlockSize) {
-    float amax = 0.0f;
-    for (int i = 0; i < kBlockSize; ++i) amax = std::fmax(amax, std::fabs(row[b + i]));
-    const uint8_t scale = nvfp4_block_scale(amax, global_scale);
-    for (int i = 0; i < kBlockSize; ++i) {
-      row[b + i] = nvfp4_element_value(nvfp4_element_code(row[b + i], scale, global_scale), scale);
-    }
-  }
-}
+using cpu::dot;
+using cpu::quantize_dequantize_row;
 
 struct Workspace {
   int32_t* slot_expert;     // [T*k] local expert of each slot, -1 when skipped

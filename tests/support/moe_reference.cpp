@@ -5,10 +5,13 @@
 #include "support/moe_reference.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <sstream>
+
+#include "core/parallel.hpp"
 
 namespace nvfp4moe::testing {
 
@@ -118,13 +121,24 @@ double reference_e2m1_value(uint8_t code) {
   return (code & 8) ? -magnitude : magnitude;
 }
 
-double reference_e4m3_value(uint8_t code) {
+namespace {
+double e4m3_formula(uint8_t code) {
   const int exponent = (code >> 3) & 15;
   const int mantissa = code & 7;
   if (exponent == 15 && mantissa == 7) return std::numeric_limits<double>::quiet_NaN();
   const double magnitude =
       exponent == 0 ? std::ldexp(mantissa, -9) : std::ldexp(8 + mantissa, exponent - 10);
   return (code & 0x80) ? -magnitude : magnitude;
+}
+}  // namespace
+
+double reference_e4m3_value(uint8_t code) {
+  static const auto table = [] {
+    std::array<double, 256> values{};
+    for (int c = 0; c < 256; ++c) values[c] = e4m3_formula(static_cast<uint8_t>(c));
+    return values;
+  }();
+  return table[code];
 }
 
 uint8_t reference_e2m1_encode(double x) {
@@ -165,7 +179,7 @@ double reference_bf16_round(double x) {
 ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
                               const ReferenceInputs& in, double u) {
   const int64_t H = config.hidden, I = config.intermediate, k = config.top_k;
-  const int64_t T = in.num_tokens;
+  const int64_t T = in.num_tokens, E = config.num_local_experts;
   const bool w4a4 = config.mode == QuantMode::kW4A4;
   const bool dynamic = config.activation_scale == ActivationScale::kDynamic;
   const GatedActivation act{config.activation == Activation::kSwigluClamped, config.swiglu_limit};
@@ -175,55 +189,75 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
   out.low.assign(out.value.size(), 0.0);
   out.high.assign(out.value.size(), 0.0);
 
-  auto weight = [](const std::vector<uint8_t>& values, const std::vector<uint8_t>& scales,
-                   int64_t row, int64_t cols, int64_t c) {
-    const uint8_t byte = values[(row * cols + c) / 2];
-    const uint8_t code = (c % 2 == 0) ? (byte & 15) : (byte >> 4);
-    return reference_e2m1_value(code) * reference_e4m3_value(scales[(row * cols + c) / 16]);
+  // Exact weights e2m1 * e4m3 of rows [row0, row0 + rows) of a stacked matrix, as float.
+  auto decode_rows = [](const std::vector<uint8_t>& values, const std::vector<uint8_t>& scales,
+                        int64_t row0, int64_t rows, int64_t cols, std::vector<float>& dst) {
+    dst.resize(static_cast<size_t>(rows * cols));
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const int64_t at = row0 * cols + i;
+      const uint8_t byte = values[at / 2];
+      const uint8_t code = (at % 2 == 0) ? (byte & 15) : (byte >> 4);
+      dst[i] = float(reference_e2m1_value(code) * reference_e4m3_value(scales[at / 16]));
+    }
   };
 
   // Dynamic g1: amax over the whole batch (exact), in fp32.
   float batch_g1 = 1.0f;
   if (w4a4 && dynamic) {
     float amax = 0.0f;
-    for (int64_t i = 0; i < T * H; ++i)
+    for (int64_t i = 0; i < T * H; ++i) {
       amax = std::max(amax, std::fabs(float(bf16_value(in.hidden[i]))));
+    }
     batch_g1 = amax / 2688.0f;
     if (!(batch_g1 > 0.0f)) batch_g1 = 1.0f;
   }
 
-  // Stage 1-3 for every routed slot: h and its bound.
   struct Slot {
     int64_t token, j, expert;
-    std::vector<double> h, eh;
+    std::vector<double> h, eh;  // stage 3 and its bound
+    std::vector<double> y, ey;  // stage 5 and its bound
   };
   std::vector<Slot> slots;
+  std::vector<std::vector<size_t>> by_expert(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t j = 0; j < k; ++j) {
       const int32_t id = in.topk_ids[t * k + j];
       const int64_t e = id - config.first_local_expert;
-      if (id < 0 || e < 0 || e >= config.num_local_experts) continue;
-      Slot slot{t, j, e, std::vector<double>(I), std::vector<double>(I)};
-      const float g1 = !w4a4 ? 1.0f : dynamic ? batch_g1 : w.gate_up_input_scale[e];
+      if (id < 0 || e < 0 || e >= E) continue;
+      by_expert[e].push_back(slots.size());
+      slots.push_back({t, j, e, {}, {}, {}, {}});
+    }
+  }
+
+  // Stages 1-3, expert by expert so each expert's weights are decoded once.
+  parallel_for(E, [&](int64_t e) {
+    if (by_expert[e].empty()) return;
+    std::vector<float> gate_up;
+    decode_rows(w.gate_up_values, w.gate_up_scales, e * 2 * I, 2 * I, H, gate_up);
+    const float g1 = !w4a4 ? 1.0f : dynamic ? batch_g1 : w.gate_up_input_scale[e];
+    const double alpha_gate = float(g1 * w.gate_global_scale[e]);
+    const double alpha_up = float(g1 * w.up_global_scale[e]);
+    for (size_t index : by_expert[e]) {
+      Slot& slot = slots[index];
+      slot.h.resize(I);
+      slot.eh.resize(I);
       std::vector<float> x(H);
-      for (int64_t c = 0; c < H; ++c) x[c] = float(bf16_value(in.hidden[t * H + c]));
+      for (int64_t c = 0; c < H; ++c) x[c] = float(bf16_value(in.hidden[slot.token * H + c]));
       std::vector<double> a(H);
       if (w4a4) {
         a = quantize_row(x, g1);
       } else {
         for (int64_t c = 0; c < H; ++c) a[c] = x[c];
       }
-      const double alpha_gate = float(g1 * w.gate_global_scale[e]);
-      const double alpha_up = float(g1 * w.up_global_scale[e]);
       for (int64_t r = 0; r < I; ++r) {
+        const float* wg = &gate_up[r * H];
+        const float* wu = &gate_up[(I + r) * H];
         double gate = 0, gate_abs = 0, up = 0, up_abs = 0;
         for (int64_t c = 0; c < H; ++c) {
-          const double wg = weight(w.gate_up_values, w.gate_up_scales, e * 2 * I + r, H, c);
-          const double wu = weight(w.gate_up_values, w.gate_up_scales, e * 2 * I + I + r, H, c);
-          gate += a[c] * wg;
-          gate_abs += std::fabs(a[c] * wg);
-          up += a[c] * wu;
-          up_abs += std::fabs(a[c] * wu);
+          gate += a[c] * wg[c];
+          gate_abs += std::fabs(a[c] * wg[c]);
+          up += a[c] * wu[c];
+          up_abs += std::fabs(a[c] * wu[c]);
         }
         const double g = alpha_gate * gate, v = alpha_up * up;
         const double eg = std::fabs(alpha_gate) * gamma(H, u) * gate_abs * (1 + u) +
@@ -241,9 +275,8 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
         // Below -88, exp(-gate) overflows fp32 and silu evaluates to -0 instead of a tiny value.
         if (gc - eg < -80.0) slot.eh[r] += std::fabs(h);
       }
-      slots.push_back(std::move(slot));
     }
-  }
+  });
 
   // W4A4 dynamic g2 over every routed h, and its relative uncertainty.
   float batch_g2 = 1.0f;
@@ -262,41 +295,57 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
     g2_slack = amax > 0 ? (amax_hi - amax_lo) / amax + 4 * u : 0.0;
   }
 
-  // Stage 4-5: per slot y and its bound; stage 6: combine per token.
-  std::vector<double> out_bound(out.value.size(), 0.0), out_abs(out.value.size(), 0.0);
-  for (const Slot& s : slots) {
-    std::vector<double> hq(I), delta(I);
+  // Stages 4-5, expert by expert again.
+  parallel_for(E, [&](int64_t e) {
+    if (by_expert[e].empty()) return;
+    std::vector<float> down;
+    decode_rows(w.down_values, w.down_scales, e * H, H, I, down);
     float g2 = 1.0f;
     double slack = 0.0;
     if (w4a4) {
-      g2 = dynamic ? batch_g2 : w.down_input_scale[s.expert];
+      g2 = dynamic ? batch_g2 : w.down_input_scale[e];
       slack = dynamic ? g2_slack : 0.0;
-      requantize_with_bounds(s.h, s.eh, g2, slack, u, hq, delta);
-    } else {
-      for (int64_t r = 0; r < I; ++r) {
-        hq[r] = reference_bf16_round(s.h[r]);
-        delta[r] = std::max(std::fabs(reference_bf16_round(s.h[r] - s.eh[r]) - hq[r]),
-                            std::fabs(reference_bf16_round(s.h[r] + s.eh[r]) - hq[r]));
+    }
+    const double alpha = float(g2 * w.down_global_scale[e]);
+    for (size_t index : by_expert[e]) {
+      Slot& s = slots[index];
+      std::vector<double> hq(I), delta(I);
+      if (w4a4) {
+        requantize_with_bounds(s.h, s.eh, g2, slack, u, hq, delta);
+      } else {
+        for (int64_t r = 0; r < I; ++r) {
+          hq[r] = reference_bf16_round(s.h[r]);
+          delta[r] = std::max(std::fabs(reference_bf16_round(s.h[r] - s.eh[r]) - hq[r]),
+                              std::fabs(reference_bf16_round(s.h[r] + s.eh[r]) - hq[r]));
+        }
+      }
+      s.y.resize(H);
+      s.ey.resize(H);
+      for (int64_t n = 0; n < H; ++n) {
+        const float* wd = &down[n * I];
+        double y = 0, y_abs = 0, y_delta = 0;
+        for (int64_t r = 0; r < I; ++r) {
+          y += hq[r] * wd[r];
+          y_abs += (std::fabs(hq[r]) + delta[r]) * std::fabs(wd[r]);
+          y_delta += delta[r] * std::fabs(wd[r]);
+        }
+        // Deviations of h, the fp32 sum, then alpha: its rounding and (dynamic g2) its slack.
+        s.y[n] = alpha * y;
+        s.ey[n] = std::fabs(alpha) * (y_delta + gamma(I, u) * y_abs) * (1 + u) +
+                  (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) + I * kTiny;
       }
     }
-    const double alpha = float(g2 * w.down_global_scale[s.expert]);
+  });
+
+  // Stage 6: the weighted combine per token, then the bf16 interval.
+  std::vector<double> out_bound(out.value.size(), 0.0), out_abs(out.value.size(), 0.0);
+  for (const Slot& s : slots) {
     const double topk_weight = in.topk_weights[s.token * k + s.j];
     for (int64_t n = 0; n < H; ++n) {
-      double y = 0, y_abs = 0, y_delta = 0;
-      for (int64_t r = 0; r < I; ++r) {
-        const double wd = weight(w.down_values, w.down_scales, s.expert * H + n, I, r);
-        y += hq[r] * wd;
-        y_abs += (std::fabs(hq[r]) + delta[r]) * std::fabs(wd);
-        y_delta += delta[r] * std::fabs(wd);
-      }
-      y *= alpha;
-      // Deviations of h, the fp32 sum, then alpha: its rounding and (dynamic g2) its slack.
-      const double ey = std::fabs(alpha) * (y_delta + gamma(I, u) * y_abs) * (1 + u) +
-                        (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) + I * kTiny;
       const size_t o = static_cast<size_t>(s.token * H + n);
-      out.value[o] += topk_weight * y;
-      out_bound[o] += std::fabs(topk_weight) * ey;
-      out_abs[o] += std::fabs(topk_weight) * (std::fabs(y) + ey);
+      out.value[o] += topk_weight * s.y[n];
+      out_bound[o] += std::fabs(topk_weight) * s.ey[n];
+      out_abs[o] += std::fabs(topk_weight) * (std::fabs(s.y[n]) + s.ey[n]);
     }
   }
   for (size_t o = 0; o < out.value.size(); ++o) {
@@ -304,6 +353,48 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
     out.low[o] = reference_bf16_round(out.value[o] - bound);
     out.high[o] = reference_bf16_round(out.value[o] + bound);
   }
+  return out;
+}
+
+ReferenceOutput reference_linear(const NvFp4Tensor& weight, int64_t tokens, const uint16_t* x,
+                                 QuantMode mode, float act_scale, double u) {
+  const int64_t K = weight.cols, N = weight.rows;
+  ReferenceOutput out;
+  out.value.assign(static_cast<size_t>(tokens * N), 0.0);
+  out.low = out.high = out.value;
+  float g = 1.0f;
+  if (mode == QuantMode::kW4A4) g = act_scale;
+  const double alpha = float(g * weight.global_scale);
+  std::vector<float> w(static_cast<size_t>(N * K));
+  for (int64_t i = 0; i < N * K; ++i) {
+    const uint8_t byte = weight.values[i / 2];
+    const uint8_t code = (i % 2 == 0) ? (byte & 15) : (byte >> 4);
+    w[i] = float(reference_e2m1_value(code) * reference_e4m3_value(weight.scales[i / 16]));
+  }
+  parallel_for(tokens, [&](int64_t t) {
+    std::vector<float> xf(K);
+    for (int64_t c = 0; c < K; ++c) xf[c] = float(bf16_value(x[t * K + c]));
+    std::vector<double> a(K);
+    if (mode == QuantMode::kW4A4) {
+      a = quantize_row(xf, g);
+    } else {
+      for (int64_t c = 0; c < K; ++c) a[c] = xf[c];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      double sum = 0, sum_abs = 0;
+      for (int64_t c = 0; c < K; ++c) {
+        sum += a[c] * w[n * K + c];
+        sum_abs += std::fabs(a[c] * w[n * K + c]);
+      }
+      const double value = alpha * sum;
+      const double bound = std::fabs(alpha) * gamma(K, u) * sum_abs * (1 + u) +
+                           u * std::fabs(value) * (1 + 2 * u) + K * kTiny;
+      const size_t o = static_cast<size_t>(t * N + n);
+      out.value[o] = value;
+      out.low[o] = reference_bf16_round(value - bound);
+      out.high[o] = reference_bf16_round(value + bound);
+    }
+  });
   return out;
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/quantize.hpp"
 
 namespace nvfp4moe::testing {
 
@@ -37,6 +38,11 @@ struct ReferenceOutput {
 // hardware that may truncate (tensor-core accumulation).
 ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& weights,
                               const ReferenceInputs& inputs, double unit_roundoff);
+
+// The dense linear layer: out = bf16(alpha * sum a * w), a = x or its NVFP4 quantization with
+// `act_scale` (W4A4), alpha = act_scale * weight.global_scale (W4A4) or weight.global_scale.
+ReferenceOutput reference_linear(const NvFp4Tensor& weight, int64_t tokens, const uint16_t* x,
+                                 QuantMode mode, float act_scale, double unit_roundoff);
 
 // Compares a bf16 output with the reference; returns an empty string when every element is
 // inside its interval, else a description of the first few that are not.

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU suite, on a machine with a Hopper (sm_90) GPU:
+#   1. every GPU test (kernels, the MoE runner, CUDA-graph replays),
+#   2. the same suite in quick mode under compute-sanitizer memcheck and racecheck,
+#   3. the demo on the GPU.
+# Uses the build in $NVFP4MOE_BUILD (default build/), building it first if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${NVFP4MOE_BUILD:-build}
+if [[ ! -x $build/tests/test_cuda ]]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$build" -j "$(nproc)"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+
+status=0
+summary=()
+run() {
+  local name=$1
+  shift
+  local start=$SECONDS
+  if "$@"; then
+    summary+=("$(printf '%-28s passed  %4d s' "$name" $((SECONDS - start)))")
+  else
+    summary+=("$(printf '%-28s FAILED  %4d s' "$name" $((SECONDS - start)))")
+    status=1
+  fi
+}
+
+run "gpu tests" "$build/tests/test_cuda" --gtest_brief=1
+if [[ ${NVFP4MOE_SKIP_SANITIZER:-0} != 1 ]]; then
+  export NVFP4MOE_TEST_QUICK=1 NVFP4MOE_TEST_REPLAYS=20
+  run "memcheck (quick)" compute-sanitizer --tool memcheck --error-exitcode 1 \
+    "$build/tests/test_cuda" --gtest_brief=1
+  run "racecheck (quick)" compute-sanitizer --tool racecheck --error-exitcode 1 \
+    "$build/tests/test_cuda" --gtest_brief=1
+  unset NVFP4MOE_TEST_QUICK NVFP4MOE_TEST_REPLAYS
+fi
+run "demo on the gpu" "$build/nvfp4moe" demo --device cuda
+
+echo
+printf '%s\n' "${summary[@]}"
+exit $status

@@ -1,0 +1,13 @@
+// The end of the combine: the fp32 sums the down GEMM accumulated, rounded to bf16 once.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace nvfp4moe::cuda {
+
+cudaError_t launch_round_to_bf16(const float* input, uint16_t* output, int64_t count,
+                                 cudaStream_t stream);
+
+}  // namespace nvfp4moe::cuda

@@ -1,0 +1,88 @@
+// The prepared NVFP4 weight layout the Hopper mma.sync GEMM reads (host and device code).
+//
+// The GEMM computes D^T = W . X^T with the weights as the A operand of mma.m16n8k16, decoded
+// from NVFP4 straight into registers. Each warp owns 16-row groups of W and walks K in 64-wide
+// chunks (4 k16 steps). Preparation reorders the checkpoint's bytes so that one 16-byte load
+// per lane per chunk brings exactly the codes that lane's A fragments need:
+//
+//   codes  [row_group][k_chunk][lane 0..31][k16 step 0..3] -> one 32-bit word of 8 nibbles
+//   scales [row_group][k_chunk][lane group g 0..7][8 bytes]
+//
+// Word of lane (g = lane/4, t = lane%4) for k16 step s, by nibble slot (bit 4*slot):
+//
+//   slot   7       6       5        4        3       2       1        0
+//          hi r0   hi r1   hi r2    hi r3    lo r0   lo r1   lo r2    lo r3
+//
+//   A register r0 = (row g,   k 2t, 2t+1)    r1 = (row g+8, k 2t, 2t+1)
+//              r2 = (row g,   k 2t+8, 2t+9)  r3 = (row g+8, k 2t+8, 2t+9)
+//   lo = the even k, hi = the odd k; k counts from 16*s within the chunk.
+//
+// so that register r_j comes out of the word shifted left by 4j with one mask (see
+// nvfp4_decode.cuh). Scale byte j of lane group g is row g + 8*(j/4), k16 step j%4.
+//
+// Scales are re-encoded ("prepared scale codes") so that one integer multiply-add turns a byte
+// into a bf16 pair: code = (log2(s) + 9) << 3 | mantissa, where s = 2^log2 * (1 + mantissa/8)
+// covers every E4M3 value (subnormals renormalized); as bf16 bits, code << 4 + 228 << 7 is
+// s * 2^110. A block whose E4M3 scale is 0 has its codes set to 0 (its values are 0 whatever the
+// scale), so its scale code can be 0 as well. K is padded to a multiple of 64 with zero codes.
+//
+// For the gate/up GEMM, each 16-row group holds gate rows 8G..8G+7 then up rows 8G..8G+7, so a
+// lane's accumulators for row g and row g+8 are gate and up of the same feature.
+#pragma once
+
+#include <cstdint>
+
+#include "nvfp4moe/format.hpp"  // NVFP4MOE_HD, codecs
+
+namespace nvfp4moe::cuda {
+
+inline constexpr int kRowsPerGroup = 16;
+inline constexpr int kChunkK = 64;
+inline constexpr int kCodeBytesPerChunk = 512;  // 16 rows x 64 codes / 2
+inline constexpr int kScaleBytesPerChunk = 64;  // 16 rows x 4 scales
+
+struct PreparedShape {
+  int64_t rows = 0;  // multiple of 16
+  int64_t k = 0;     // multiple of 16
+
+  NVFP4MOE_HD int64_t row_groups() const { return rows / kRowsPerGroup; }
+  NVFP4MOE_HD int64_t k_chunks() const { return (k + kChunkK - 1) / kChunkK; }
+  NVFP4MOE_HD int64_t code_bytes() const { return row_groups() * k_chunks() * kCodeBytesPerChunk; }
+  NVFP4MOE_HD int64_t scale_bytes() const {
+    return row_groups() * k_chunks() * kScaleBytesPerChunk;
+  }
+};
+
+// Where nibble `slot` of lane `lane`'s word for k16 step `step` comes from, within a 16-row group
+// and a 64-wide chunk.
+struct NibbleSource {
+  int row;  // 0..15
+  int k;    // 0..63
+};
+NVFP4MOE_HD NibbleSource nibble_source(int lane, int step, int slot) {
+  const int g = lane >> 2, t = lane & 3;
+  const int reg = 3 - (slot & 3);
+  const int odd = slot >> 2;
+  return {g + 8 * (reg & 1), step * 16 + 2 * t + 8 * (reg >> 1) + odd};
+}
+
+// Scale byte j of lane group g: row and k16 step within the group and chunk.
+NVFP4MOE_HD NibbleSource scale_source(int g, int j) { return {g + 8 * (j >> 2), j & 3}; }
+
+// The prepared scale code of an E4M3 scale (finite, >= 0).
+NVFP4MOE_HD uint8_t prepared_scale_code(uint8_t e4m3) {
+  const int exponent = (e4m3 >> 3) & 0xF;
+  int mantissa = e4m3 & 7;
+  if (exponent != 0) return static_cast<uint8_t>(((exponent + 2) << 3) | mantissa);
+  if (mantissa == 0) return 0;
+  // Subnormal m * 2^-9: log2 = p - 9 with p = floor(log2 m); shift the rest into 3 bits.
+  const int p = mantissa >= 4 ? 2 : mantissa >= 2 ? 1 : 0;
+  mantissa = (mantissa << (3 - p)) & 7;
+  return static_cast<uint8_t>((p << 3) | mantissa);
+}
+
+// The weight products come out of the decode scaled by 2^-16 (2^-126 from the code trick times
+// 2^110 from the scale); the epilogue multiplies alpha by this to undo it exactly.
+inline constexpr float kDecodeCompensation = 65536.0f;
+
+}  // namespace nvfp4moe::cuda

@@ -1,0 +1,98 @@
+// Runtime parameters and compile-time tile shapes of the grouped NVFP4 GEMM (host and device).
+#pragma once
+
+#include <cstdint>
+
+namespace nvfp4moe::cuda {
+
+// What the GEMM does with its fp32 accumulators.
+enum class Epilogue {
+  kGateUpBf16,   // h = act(alpha_gate * gate, alpha_up * up) rounded to bf16  (W4A16)
+  kGateUpF32,    // the same, kept in fp32 for re-quantization                 (W4A4)
+  kDownCombine,  // out_acc[token] += topk_weight * alpha * y   (fp32 atomics)
+  kLinear,       // out = bf16(alpha * y)
+};
+
+// How the activation global scale g of alpha = g * weight_scale is found.
+enum class ActivationScaleSource {
+  kOne,        // W4A16: activations are not quantized
+  kPerExpert,  // static W4A4: act_scale[expert]
+  kFromAmax,   // dynamic W4A4: amax / 2688 from a device scalar (uint32 bits of a float >= 0)
+};
+
+// A work tile: tokens [row_begin, row_begin + rows) of the sorted order, all of one expert.
+struct GemmTile {
+  int32_t expert;
+  int32_t row_begin;
+  int32_t rows;
+  int32_t unused;
+};
+
+struct GemmParams {
+  // A: prepared weights (prepared_layout.hpp), experts stacked.
+  const void* codes = nullptr;   // uint4 per lane per chunk
+  const void* scales = nullptr;  // uint2 per lane group per chunk
+  int64_t expert_code_bytes = 0;
+  int64_t expert_scale_bytes = 0;
+  int32_t row_groups = 0;  // rows / 16 of one expert's matrix
+  int32_t k_chunks = 0;
+  int32_t k = 0;
+
+  // B: activations, bf16 rows of k elements (row stride in elements). Row of sorted position
+  // p: gather[p] / gather_divisor when gather is set, else p.
+  const uint16_t* b = nullptr;
+  int64_t b_row_stride = 0;
+  const int32_t* gather = nullptr;
+  int32_t gather_divisor = 1;
+
+  // Tiles: from the device table (count in *num_tiles), or, when tiles is null, implicit tiles
+  // of expert 0 covering rows [0, implicit_rows).
+  const GemmTile* tiles = nullptr;
+  const int32_t* num_tiles = nullptr;
+  int32_t implicit_rows = 0;
+
+  // alpha = g * weight_scale[expert] (gate/down/linear), g * weight_scale_up[expert] (up).
+  const float* weight_scale = nullptr;
+  const float* weight_scale_up = nullptr;
+  ActivationScaleSource act_source = ActivationScaleSource::kOne;
+  const float* act_scale = nullptr;         // kPerExpert
+  const uint32_t* act_amax_bits = nullptr;  // kFromAmax
+
+  // Epilogue.
+  void* out = nullptr;  // h (bf16/fp32), out_acc (fp32) or the linear output (bf16)
+  int64_t out_row_stride = 0;
+  const int32_t* sorted_slot = nullptr;  // kDownCombine: slot of each sorted position
+  const float* topk_weights = nullptr;
+  int32_t top_k = 1;
+  bool clamped = false;
+  float swiglu_limit = 0.0f;
+};
+
+// Tile shapes. Each warp owns kGroupsPerWarp 16-row groups of weights and every token of the
+// tile, so a decoded A fragment serves kTileTokens / 8 MMAs.
+struct GemmShape {
+  int warps;
+  int groups_per_warp;
+  int tile_tokens;
+  constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
+};
+
+enum class GemmShapeId { kSmall, kMedium, kLarge };
+
+constexpr GemmShape gemm_shape(GemmShapeId id) {
+  switch (id) {
+    case GemmShapeId::kSmall:
+      return {4, 1, 8};  // decode: few tokens per expert
+    case GemmShapeId::kMedium:
+      return {4, 2, 32};
+    case GemmShapeId::kLarge:
+      return {4, 2, 64};  // prefill
+  }
+  return {4, 1, 8};
+}
+
+// The shape for a batch: by the mean number of tokens an active expert receives, so that a tile
+// wastes little of its token width. Pure; printed once when NVFP4MOE_PRINT_CONFIG is set.
+GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts);
+
+}  // namespace nvfp4moe::cuda

@@ -1,0 +1,78 @@
+// Instantiations and the launcher of the grouped GEMM: 3 tile shapes x 4 epilogues.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+
+#include "cuda/gemm/gemm_launch.hpp"
+#include "cuda/gemm/grouped_gemm.cuh"
+
+namespace nvfp4moe::cuda {
+
+GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
+  // Active experts cannot exceed either the experts or the routed slots.
+  const int64_t active = std::max<int64_t>(1, std::min(routed_slots, num_local_experts));
+  const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
+  const GemmShapeId id = tokens_per_expert <= 8    ? GemmShapeId::kSmall
+                         : tokens_per_expert <= 32 ? GemmShapeId::kMedium
+                                                   : GemmShapeId::kLarge;
+  static std::once_flag printed;
+  if (std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr) {
+    std::call_once(printed, [&] {
+      const GemmShape s = gemm_shape(id);
+      std::fprintf(stderr,
+                   "nvfp4moe: gemm shape for %lld routed slots over %lld experts: %d warps x %d "
+                   "row groups, %d tokens per tile\n",
+                   static_cast<long long>(routed_slots), static_cast<long long>(num_local_experts),
+                   s.warps, s.groups_per_warp, s.tile_tokens);
+    });
+  }
+  return id;
+}
+
+namespace {
+
+template <GemmShapeId kId, Epilogue kEpilogue>
+cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
+  constexpr GemmShape s = gemm_shape(kId);
+  using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens>;
+  const dim3 grid((p.row_groups + s.warps * s.groups_per_warp - 1) / (s.warps * s.groups_per_warp),
+                  grid_y);
+  grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <Epilogue kEpilogue>
+cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cudaStream_t stream) {
+  switch (id) {
+    case GemmShapeId::kSmall:
+      return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream);
+    case GemmShapeId::kMedium:
+      return launch_shape<GemmShapeId::kMedium, kEpilogue>(p, grid_y, stream);
+    case GemmShapeId::kLarge:
+      return launch_shape<GemmShapeId::kLarge, kEpilogue>(p, grid_y, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_grouped_gemm(GemmShapeId shape, Epilogue epilogue, const GemmParams& params,
+                                int grid_y, cudaStream_t stream) {
+  if (grid_y <= 0) return cudaSuccess;
+  if (grid_y > 65535 || params.row_groups <= 0 || params.k_chunks <= 0)
+    return cudaErrorInvalidValue;
+  switch (epilogue) {
+    case Epilogue::kGateUpBf16:
+      return launch_epilogue<Epilogue::kGateUpBf16>(shape, params, grid_y, stream);
+    case Epilogue::kGateUpF32:
+      return launch_epilogue<Epilogue::kGateUpF32>(shape, params, grid_y, stream);
+    case Epilogue::kDownCombine:
+      return launch_epilogue<Epilogue::kDownCombine>(shape, params, grid_y, stream);
+    case Epilogue::kLinear:
+      return launch_epilogue<Epilogue::kLinear>(shape, params, grid_y, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace nvfp4moe::cuda

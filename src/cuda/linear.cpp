@@ -1,0 +1,135 @@
+// The dense NVFP4 linear layer on the device: the MoE's GEMM with one "expert", implicit tiles
+// over the tokens and a plain bf16 store.
+//
+// Workspace: amax word | xq [max_tokens, in_features] bf16 (W4A4 only).
+#include <cuda_runtime.h>
+
+#include "cuda/common/cuda_check.hpp"
+#include "cuda/common/prepared_layout.hpp"
+#include "cuda/gemm/gemm_launch.hpp"
+#include "cuda/prepare/prepare.hpp"
+#include "cuda/quant/quant.hpp"
+#include "cuda/route/route.hpp"
+#include "cuda/runtime_cuda.hpp"
+
+namespace nvfp4moe::cuda {
+
+namespace {
+
+constexpr size_t kXqOffset = 256;
+
+class CudaLinear final : public Nvfp4Linear {
+ public:
+  CudaLinear(const LinearConfig& config, const NvFp4View& weight, float input_scale)
+      : config_(config), shape_{config.out_features, config.in_features} {
+    codes_ = DeviceMemory(size_t(shape_.code_bytes()));
+    scales_ = DeviceMemory(size_t(shape_.scale_bytes()));
+    const size_t value_bytes = size_t(weight.rows * weight.cols / 2);
+    const size_t scale_bytes = size_t(weight.rows * weight.cols / 16);
+    DeviceMemory staging(value_bytes + scale_bytes);
+    copy_to_device(staging.get(), weight.values, value_bytes);
+    copy_to_device(staging.get<uint8_t>() + value_bytes, weight.scales, scale_bytes);
+    PrepareParams prepare;
+    prepare.first_values = staging.get<uint8_t>();
+    prepare.first_scales = staging.get<uint8_t>() + value_bytes;
+    prepare.rows = config.out_features;
+    prepare.k = config.in_features;
+    prepare.codes = codes_.get<uint8_t>();
+    prepare.scales = scales_.get<uint8_t>();
+    NVFP4MOE_CUDA_CHECK(launch_prepare(prepare, nullptr));
+    NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    const float scalars[2] = {weight.global_scale, input_scale};
+    scalars_ = DeviceMemory(sizeof scalars);
+    copy_to_device(scalars_.get(), scalars, sizeof scalars);
+    error_flags_ = DeviceMemory(sizeof(uint32_t));
+    device_memset(error_flags_.get(), 0, sizeof(uint32_t));
+  }
+
+  const LinearConfig& config() const override { return config_; }
+  Device device() const override { return Device::kCuda; }
+  size_t workspace_bytes() const override {
+    return config_.mode == QuantMode::kW4A4
+               ? kXqOffset + size_t(config_.max_tokens * config_.in_features) * 2
+               : 0;
+  }
+
+  void forward(int64_t tokens, const uint16_t* x, uint16_t* out, void* workspace,
+               void* stream_handle) override {
+    require(tokens >= 0 && tokens <= config_.max_tokens, ErrorKind::kInvalidArgument,
+            "linear: {} tokens, but the layer was configured for at most {}", tokens,
+            config_.max_tokens);
+    if (tokens == 0) return;
+    const auto stream = static_cast<cudaStream_t>(stream_handle);
+    const bool w4a4 = config_.mode == QuantMode::kW4A4;
+    require(!w4a4 || workspace != nullptr, ErrorKind::kInvalidArgument,
+            "linear: W4A4 needs a workspace of workspace_bytes() = {}", workspace_bytes());
+    GemmParams p;
+    p.codes = codes_.get();
+    p.scales = scales_.get();
+    p.row_groups = static_cast<int32_t>(shape_.row_groups());
+    p.k_chunks = static_cast<int32_t>(shape_.k_chunks());
+    p.k = static_cast<int32_t>(shape_.k);
+    p.b = x;
+    p.b_row_stride = config_.in_features;
+    p.implicit_rows = static_cast<int32_t>(tokens);
+    p.weight_scale = scalars_.get<float>();
+    p.out = out;
+    p.out_row_stride = config_.out_features;
+    if (w4a4) {
+      auto* amax = static_cast<uint32_t*>(workspace);
+      auto* xq = reinterpret_cast<uint16_t*>(static_cast<uint8_t*>(workspace) + kXqOffset);
+      QuantizeSource source;
+      source.input = x;
+      source.input_row_stride = config_.in_features;
+      source.cols = static_cast<int32_t>(config_.in_features);
+      source.max_rows = tokens;
+      source.error_flags = error_flags_.get<uint32_t>();
+      if (config_.activation_scale == ActivationScale::kDynamic) {
+        NVFP4MOE_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream));
+        NVFP4MOE_CUDA_CHECK(launch_amax(source, amax, stream));
+        source.scale_source = ActivationScaleSource::kFromAmax;
+        source.amax_bits = amax;
+        p.act_source = ActivationScaleSource::kFromAmax;
+        p.act_amax_bits = amax;
+      } else {
+        // The static scale sits in scalars_[1]: "per expert" with expert 0.
+        source.scale_source = ActivationScaleSource::kPerExpert;
+        source.per_expert_scale = scalars_.get<float>() + 1;  // row_expert null: expert 0
+        p.act_source = ActivationScaleSource::kPerExpert;
+        p.act_scale = scalars_.get<float>() + 1;
+      }
+      NVFP4MOE_CUDA_CHECK(launch_quantize_dequantize(source, xq, config_.in_features, stream));
+      p.b = xq;
+    }
+    const GemmShapeId shape = select_gemm_shape(tokens, 1);
+    const int tile_tokens = gemm_shape(shape).tile_tokens;
+    NVFP4MOE_CUDA_CHECK(
+        launch_grouped_gemm(shape, Epilogue::kLinear, p,
+                            static_cast<int>((tokens + tile_tokens - 1) / tile_tokens), stream));
+  }
+
+  void check_errors(void* stream_handle) override {
+    NVFP4MOE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_handle)));
+    uint32_t flags = 0;
+    copy_to_host(&flags, error_flags_.get(), sizeof flags);
+    device_memset(error_flags_.get(), 0, sizeof flags);
+    require(!(flags & kErrorNonFiniteActivation), ErrorKind::kInvalidArgument,
+            "linear: W4A4 met NaN or Inf activations to quantize");
+  }
+
+ private:
+  LinearConfig config_;
+  PreparedShape shape_;
+  DeviceMemory codes_, scales_, scalars_, error_flags_;
+};
+
+}  // namespace
+
+std::unique_ptr<Nvfp4Linear> make_linear(const LinearConfig& config, const NvFp4View& weight,
+                                         float input_scale) {
+  std::string reason;
+  require(device_usable(&reason), ErrorKind::kUnsupported, "CUDA linear: {}", reason);
+  return std::make_unique<CudaLinear>(config, weight, input_scale);
+}
+
+}  // namespace nvfp4moe::cuda

@@ -1,0 +1,45 @@
+// Routing on the device: per-expert counts, offsets, the sorted order of (token, slot) pairs
+// and the GEMM tile table, with no host round trip. Launchers take raw pointers, sizes and a
+// stream; they never allocate or synchronize.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/gemm/gemm_params.hpp"
+
+namespace nvfp4moe::cuda {
+
+// Bits of the runner's device error word.
+inline constexpr uint32_t kErrorBadExpertId = 1u;          // topk_ids outside [-1, num_experts)
+inline constexpr uint32_t kErrorNonFiniteActivation = 2u;  // W4A4 met NaN/Inf to quantize
+
+struct RouteParams {
+  const int32_t* topk_ids = nullptr;  // [T, k] global ids
+  int32_t num_slots = 0;              // T * k
+  int32_t num_experts = 0;            // global
+  int32_t first_local_expert = 0;
+  int32_t num_local_experts = 0;
+  int32_t tile_tokens = 8;  // GEMM tile width the table is cut for
+
+  // Outputs (workspace). counts and cursors must be zero on entry.
+  int32_t* counts = nullptr;         // [E_local]
+  int32_t* cursors = nullptr;        // [E_local]
+  int32_t* offsets = nullptr;        // [E_local + 1]; offsets[E_local] = routed slots
+  GemmTile* tiles = nullptr;         // [max tiles]
+  int32_t* num_tiles = nullptr;      // [1]
+  int32_t* sorted_slot = nullptr;    // [T * k] slot (t * k + j) of each sorted position
+  int32_t* sorted_expert = nullptr;  // [T * k] local expert of each sorted position
+  uint32_t* error_flags = nullptr;
+};
+
+// The most tiles a table can need: sum over experts of ceil(count / tile) <= slots/tile + E.
+inline int64_t max_route_tiles(int64_t num_slots, int64_t num_local_experts, int tile_tokens) {
+  return (num_slots + tile_tokens - 1) / tile_tokens + num_local_experts;
+}
+
+// count -> scan (offsets and tiles) -> scatter, three launches.
+cudaError_t launch_route(const RouteParams& params, cudaStream_t stream);
+
+}  // namespace nvfp4moe::cuda

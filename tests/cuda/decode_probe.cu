@@ -1,0 +1,57 @@
+// A probe kernel for the decode-exactness test: runs the GEMM's A-fragment decode on chosen
+// (code, scale) pairs and returns the bf16 values it produced.
+#include <cuda_runtime.h>
+
+#include "cuda/common/nvfp4_decode.cuh"
+#include "decode_probe.hpp"
+
+namespace nvfp4moe::testing {
+
+namespace {
+
+// Thread i decodes a word holding codes[i] in all 8 nibbles with prepared scale code
+// scale_codes[i] for both rows; writes the 8 bf16 results.
+__global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_codes, int count,
+                                    uint16_t* out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const uint32_t word = codes[i] * 0x11111111u;
+  const uint32_t scale = cuda::scale_pair(scale_codes[i]);
+  uint32_t a[4];
+  cuda::decode_a_fragment(word, scale, scale, a);
+  for (int j = 0; j < 4; ++j) {
+    out[8 * i + 2 * j] = static_cast<uint16_t>(a[j] & 0xFFFFu);
+    out[8 * i + 2 * j + 1] = static_cast<uint16_t>(a[j] >> 16);
+  }
+}
+
+}  // namespace
+
+std::string run_decode_probe(const std::vector<uint8_t>& codes,
+                             const std::vector<uint8_t>& scale_codes, std::vector<uint16_t>& out) {
+  const int count = static_cast<int>(codes.size());
+  out.assign(8 * codes.size(), 0);
+  uint8_t *d_codes = nullptr, *d_scales = nullptr;
+  uint16_t* d_out = nullptr;
+  cudaError_t status = cudaMalloc(&d_codes, count);
+  if (status == cudaSuccess) status = cudaMalloc(&d_scales, count);
+  if (status == cudaSuccess) status = cudaMalloc(&d_out, out.size() * 2);
+  if (status == cudaSuccess)
+    status = cudaMemcpy(d_codes, codes.data(), count, cudaMemcpyHostToDevice);
+  if (status == cudaSuccess) {
+    status = cudaMemcpy(d_scales, scale_codes.data(), count, cudaMemcpyHostToDevice);
+  }
+  if (status == cudaSuccess) {
+    decode_probe_kernel<<<(count + 127) / 128, 128>>>(d_codes, d_scales, count, d_out);
+    status = cudaGetLastError();
+  }
+  if (status == cudaSuccess) {
+    status = cudaMemcpy(out.data(), d_out, out.size() * 2, cudaMemcpyDeviceToHost);
+  }
+  cudaFree(d_codes);
+  cudaFree(d_scales);
+  cudaFree(d_out);
+  return status == cudaSuccess ? std::string() : cudaGetErrorString(status);
+}
+
+}  // namespace nvfp4moe::testing

@@ -1,0 +1,280 @@
+// GPU kernels one at a time: the in-GEMM decode, the quantization kernel, and the GEMM through
+// the dense linear layer.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/synthetic.hpp"
+#include "cuda/common/prepared_layout.hpp"
+#include "cuda/quant/quant.hpp"
+#include "decode_probe.hpp"
+#include "gpu_test.hpp"
+#include "nvfp4moe/format.hpp"
+#include "nvfp4moe/linear.hpp"
+#include "nvfp4moe/quantize.hpp"
+#include "support/moe_reference.hpp"
+
+namespace nvfp4moe {
+namespace {
+
+using testing::to_device;
+using testing::to_host;
+
+// Every (E2M1 code, non-zero E4M3 scale) pair decodes to exactly e2m1 * e4m3 * 2^-16 in all
+// eight positions of the fragment. (A zero scale never reaches the decode: preparation zeroes
+// the codes of such blocks, which the linear tests below exercise. Negative and NaN scales are
+// rejected before preparation.)
+TEST(CudaDecode, AllCodeScalePairsAreExact) {
+  NVFP4MOE_REQUIRE_GPU();
+  std::vector<uint8_t> codes, scale_codes, scales;
+  for (int code = 0; code < 16; ++code) {
+    for (int scale = 1; scale <= 0x7E; ++scale) {
+      codes.push_back(static_cast<uint8_t>(code));
+      scales.push_back(static_cast<uint8_t>(scale));
+      scale_codes.push_back(cuda::prepared_scale_code(static_cast<uint8_t>(scale)));
+    }
+  }
+  std::vector<uint16_t> out;
+  ASSERT_EQ(testing::run_decode_probe(codes, scale_codes, out), "");
+  int mismatches = 0;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    const double expected = testing::reference_e2m1_value(codes[i]) *
+                            testing::reference_e4m3_value(scales[i]) * std::ldexp(1.0, -16);
+    for (int j = 0; j < 8; ++j) {
+      const double actual = bf16_to_float(out[8 * i + j]);
+      if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
+        if (++mismatches <= 10) {
+          ADD_FAILURE() << "code " << int(codes[i]) << " scale 0x" << std::hex << int(scales[i])
+                        << std::dec << " position " << j << ": " << actual << " != " << expected;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+// ---- Quantization kernel ------------------------------------------------------------------
+
+struct QuantizeCase {
+  std::string name;
+  int64_t rows, cols;
+  std::vector<float> x;
+  std::optional<float> static_scale;  // else dynamic
+};
+
+std::vector<QuantizeCase> quantize_cases() {
+  std::vector<QuantizeCase> cases;
+  Random random(5);
+  for (const float stddev : {1e-3f, 1.0f, 300.0f}) {
+    for (const auto& [rows, cols] : {std::pair{1, 16}, std::pair{7, 48}, std::pair{33, 7168}}) {
+      std::vector<float> x(size_t(rows * cols));
+      for (auto& v : x) v = stddev * random.normal();
+      cases.push_back({"gaussian", rows, cols, x, std::nullopt});
+      cases.push_back({"gaussian_static", rows, cols, x, stddev / 100});
+    }
+  }
+  // Elements exactly on E2M1 ties (g = 1, block scale 0.5 from amax 3).
+  {
+    const float ties[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 6.0f};
+    std::vector<float> x;
+    for (int i = 0; i < 16; ++i) x.push_back((i % 2 ? -1.0f : 1.0f) * ties[i % 8] * 0.5f);
+    cases.push_back({"e2m1_ties", 1, 16, x, 1.0f});
+  }
+  // Block amax / 6 exactly on E4M3 midpoints.
+  {
+    std::vector<float> x;
+    for (int code = 0; code < 0x7E; ++code) {
+      const float mid = float((testing::reference_e4m3_value(uint8_t(code)) +
+                               testing::reference_e4m3_value(uint8_t(code + 1))) /
+                              2);
+      for (int i = 0; i < 16; ++i) x.push_back(i == 3 ? 6.0f * mid : mid * (i % 5) * 0.7f);
+    }
+    cases.push_back({"e4m3_ties", 0x7E, 16, x, 1.0f});
+  }
+  // Saturation: a static scale far too small; zero blocks; tiny and subnormal values.
+  {
+    std::vector<float> x(64);
+    for (int i = 0; i < 16; ++i) x[i] = 100.0f + i;
+    for (int i = 32; i < 48; ++i) x[i] = 1e-40f * (i - 40);  // fp32 subnormals
+    x[60] = 1e-30f;
+    cases.push_back({"saturate_zero_tiny", 1, 64, x, 1e-3f});
+    cases.push_back(
+        {"tiny_dynamic", 1, 32, std::vector<float>(x.begin() + 32, x.end()), std::nullopt});
+  }
+  return cases;
+}
+
+TEST(CudaQuantize, BitIdenticalToTheCpuQuantizer) {
+  NVFP4MOE_REQUIRE_GPU();
+  for (const QuantizeCase& c : quantize_cases()) {
+    for (const bool bf16_input : {false, true}) {
+      SCOPED_TRACE(c.name + (bf16_input ? " bf16" : " fp32"));
+      std::vector<float> x = c.x;
+      std::vector<uint16_t> x_bf16(x.size());
+      if (bf16_input) {
+        for (size_t i = 0; i < x.size(); ++i) {
+          x_bf16[i] = float_to_bf16(x[i]);
+          x[i] = bf16_to_float(x_bf16[i]);
+        }
+      }
+      const NvFp4Tensor expected = quantize_nvfp4(x, c.rows, c.cols, c.static_scale);
+
+      DeviceBuffer input = bf16_input ? to_device(x_bf16) : to_device(x);
+      DeviceBuffer values(Device::kCuda, expected.values.size());
+      DeviceBuffer scales(Device::kCuda, expected.scales.size());
+      DeviceBuffer words(Device::kCuda, 8);
+      words.fill(0);
+      cuda::QuantizeSource source;
+      source.input = input.data();
+      source.input_is_f32 = !bf16_input;
+      source.input_row_stride = c.cols;
+      source.max_rows = c.rows;
+      source.cols = static_cast<int32_t>(c.cols);
+      source.error_flags = words.as<uint32_t>() + 1;
+      if (c.static_scale) {
+        source.scale_source = cuda::ActivationScaleSource::kOne;
+        source.static_scale = *c.static_scale;
+      } else {
+        ASSERT_EQ(cuda::launch_amax(source, words.as<uint32_t>(), nullptr), cudaSuccess);
+        source.scale_source = cuda::ActivationScaleSource::kFromAmax;
+        source.amax_bits = words.as<uint32_t>();
+      }
+      ASSERT_EQ(
+          cuda::launch_quantize_nvfp4(source, values.as<uint8_t>(), scales.as<uint8_t>(), nullptr),
+          cudaSuccess);
+      synchronize(Device::kCuda);
+      EXPECT_EQ(to_host<uint8_t>(values, expected.values.size()), expected.values);
+      EXPECT_EQ(to_host<uint8_t>(scales, expected.scales.size()), expected.scales);
+      const auto word_values = to_host<uint32_t>(words, 2);
+      EXPECT_EQ(word_values[1], 0u) << "error flags raised on finite input";
+      if (!c.static_scale) {
+        EXPECT_EQ(nvfp4_dynamic_global_scale(bits_to_float(word_values[0])), expected.global_scale);
+      }
+    }
+  }
+}
+
+TEST(CudaQuantize, NonFiniteInputRaisesTheErrorFlag) {
+  NVFP4MOE_REQUIRE_GPU();
+  std::vector<float> x(32, 1.0f);
+  x[20] = std::numeric_limits<float>::quiet_NaN();
+  DeviceBuffer input = to_device(x);
+  DeviceBuffer out(Device::kCuda, 64);
+  DeviceBuffer flags(Device::kCuda, 4);
+  flags.fill(0);
+  cuda::QuantizeSource source;
+  source.input = input.data();
+  source.input_is_f32 = true;
+  source.input_row_stride = 32;
+  source.max_rows = 1;
+  source.cols = 32;
+  source.scale_source = cuda::ActivationScaleSource::kOne;
+  source.error_flags = flags.as<uint32_t>();
+  ASSERT_EQ(cuda::launch_quantize_dequantize(source, out.as<uint16_t>(), 32, nullptr), cudaSuccess);
+  synchronize(Device::kCuda);
+  EXPECT_NE(to_host<uint32_t>(flags, 1)[0], 0u);
+}
+
+// ---- The GEMM, through the dense linear layer ----------------------------------------------
+
+// A weight quantized from Gaussian values, with some blocks given a zero scale but non-zero
+// codes (their values must read as zero).
+NvFp4Tensor random_weight(int64_t rows, int64_t cols, uint64_t seed) {
+  Random random(seed);
+  std::vector<float> w(size_t(rows * cols));
+  for (auto& v : w) v = random.normal() / std::sqrt(float(cols));
+  NvFp4Tensor q = quantize_nvfp4(w, rows, cols);
+  for (size_t b = 7; b < q.scales.size(); b += 13) {
+    q.scales[b] = 0;
+    for (int i = 0; i < 8; ++i) q.values[b * 8 + i] = static_cast<uint8_t>(0x5A + i);
+  }
+  return q;
+}
+
+void expect_linear_matches(const NvFp4Tensor& weight, int64_t tokens, QuantMode mode,
+                           ActivationScale scale, const std::vector<uint16_t>& x) {
+  LinearConfig config{weight.cols, weight.rows, tokens, mode, scale};
+  const float input_scale = 4.0f / 2688;
+  auto layer = make_linear(Device::kCuda, config, weight.view(), input_scale);
+  DeviceBuffer d_x = to_device(x);
+  DeviceBuffer d_out(Device::kCuda, size_t(tokens * weight.rows) * 2);
+  d_out.fill(0xFF);
+  DeviceBuffer workspace(Device::kCuda, layer->workspace_bytes());
+  layer->forward(tokens, d_x.as<uint16_t>(), d_out.as<uint16_t>(), workspace.data(), nullptr);
+  layer->check_errors(nullptr);
+  const auto out = to_host<uint16_t>(d_out, size_t(tokens * weight.rows));
+
+  float g = input_scale;
+  if (mode == QuantMode::kW4A4 && scale == ActivationScale::kDynamic) {
+    float amax = 0.0f;
+    for (uint16_t v : x) amax = std::fmax(amax, std::fabs(bf16_to_float(v)));
+    g = nvfp4_dynamic_global_scale(amax);
+  }
+  const auto reference =
+      testing::reference_linear(weight, tokens, x.data(), mode, g, std::ldexp(1.0, -22));
+  EXPECT_EQ(testing::check_against_reference(out, reference, weight.rows), "");
+
+  // The CPU layer lands in the same intervals.
+  auto cpu = make_linear(Device::kCpu, config, weight.view(), input_scale);
+  std::vector<uint16_t> cpu_out(out.size(), 0xFFFF);
+  cpu->forward(tokens, x.data(), cpu_out.data(), nullptr, nullptr);
+  EXPECT_EQ(testing::check_against_reference(cpu_out, reference, weight.rows), "");
+}
+
+struct LinearShape {
+  int64_t out_features, in_features, tokens;
+};
+
+TEST(CudaLinear, MatchesTheReferenceOnOddAndRealShapes) {
+  NVFP4MOE_REQUIRE_GPU();
+  std::vector<LinearShape> shapes = {{16, 16, 1}, {48, 80, 7}, {256, 512, 33}, {64, 1024, 1000}};
+  if (!testing::quick_mode()) {
+    shapes.push_back({4096, 7168, 9});
+    shapes.push_back({7168, 2048, 100});
+  }
+  uint64_t seed = 1;
+  for (const LinearShape& s : shapes) {
+    const NvFp4Tensor weight = random_weight(s.out_features, s.in_features, seed++);
+    const auto x = random_bf16(size_t(s.tokens * s.in_features), 1.0f, seed++);
+    for (const auto& [mode, scale] : {std::pair{QuantMode::kW4A16, ActivationScale::kDynamic},
+                                      std::pair{QuantMode::kW4A4, ActivationScale::kDynamic},
+                                      std::pair{QuantMode::kW4A4, ActivationScale::kStatic}}) {
+      SCOPED_TRACE(std::to_string(s.out_features) + "x" + std::to_string(s.in_features) + " T=" +
+                   std::to_string(s.tokens) + " " + to_string(mode) + " " + to_string(scale));
+      expect_linear_matches(weight, s.tokens, mode, scale, x);
+    }
+  }
+}
+
+// Inputs whose products and sums are all exact in fp32: the GPU must return exactly the
+// correctly rounded value, whatever its summation order.
+TEST(CudaLinear, ExactInputsGiveExactOutputs) {
+  NVFP4MOE_REQUIRE_GPU();
+  const int64_t rows = 96, cols = 320, tokens = 21;
+  Random random(9);
+  NvFp4Tensor weight;
+  weight.rows = rows;
+  weight.cols = cols;
+  weight.global_scale = 0.0078125f;  // 2^-7
+  weight.values.resize(size_t(rows * cols / 2));
+  weight.scales.resize(size_t(rows * cols / 16));
+  for (auto& v : weight.values) v = static_cast<uint8_t>(random.next());
+  for (auto& s : weight.scales) s = static_cast<uint8_t>(0x30 + random.next() % 24);  // 0.5..~4
+  std::vector<uint16_t> x(size_t(tokens * cols));
+  for (auto& v : x) v = float_to_bf16(float(int(random.next() % 17) - 8) / 4.0f);
+  LinearConfig config{cols, rows, tokens, QuantMode::kW4A16, ActivationScale::kDynamic};
+  auto layer = make_linear(Device::kCuda, config, weight.view());
+  DeviceBuffer d_x = to_device(x);
+  DeviceBuffer d_out(Device::kCuda, size_t(tokens * rows) * 2);
+  layer->forward(tokens, d_x.as<uint16_t>(), d_out.as<uint16_t>(), nullptr, nullptr);
+  const auto out = to_host<uint16_t>(d_out, size_t(tokens * rows));
+  const auto reference =
+      testing::reference_linear(weight, tokens, x.data(), QuantMode::kW4A16, 1.0f, 0.0);
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_EQ(bf16_to_float(out[i]), testing::reference_bf16_round(reference.value[i])) << i;
+  }
+}
+
+}  // namespace
+}  // namespace nvfp4moe
