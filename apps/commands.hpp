@@ -10,5 +10,6 @@ void add_demo(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_run(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace nvfp4moe::app

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
       "quantize", "Convert the expert weights of a BF16/F16/F32 checkpoint to NVFP4"));
   add_inspect(*app.add_subcommand("inspect", "List the MoE layers of a checkpoint"));
   add_run(*app.add_subcommand("run", "Run one MoE layer of a checkpoint on random tokens"));
+  add_bench(*app.add_subcommand(
+      "bench", "Time the layer on the GPU against measured ceilings and a cuBLAS BF16 peer"));
   try {
     app.parse(argc, argv);  // runs the chosen subcommand's callback
     if (app.get_subcommands().empty()) {
