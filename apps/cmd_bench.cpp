@@ -15,6 +15,7 @@ void add_bench(CLI::App& app) {
 #if NVFP4MOE_WITH_BENCH
   auto o = std::make_shared<bench::BenchOptions>();
   auto mode = std::make_shared<std::string>("w4a16");
+  auto world = std::make_shared<int>(0);
   app.add_option("--shape", o->shape, "Layer shape: deepseek-v3, deepseek-v4, qwen3-235b, small")
       ->check(CLI::IsMember({"deepseek-v3", "deepseek-v4", "qwen3-235b", "small"}))
       ->capture_default_str();
@@ -36,9 +37,17 @@ void add_bench(CLI::App& app) {
       "--no-peer", [o](int64_t) { o->peer = false; }, "Skip the cuBLAS BF16 peer");
   app.add_option("--json", o->json_path, "Also write the results to this JSON file");
   app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
-  app.callback([o, mode] {
+  app.add_option("--world-size", *world,
+                 "Expert parallelism over NCCL: time world sizes 1, 2, 4 .. N of this machine's "
+                 "GPUs instead of the single-GPU table")
+      ->check(CLI::Range(1, 64));
+  app.callback([o, mode, world] {
     o->mode = parse_mode(*mode);
-    bench::run_moe_bench(*o);
+    if (*world > 0) {
+      bench::run_distributed_bench(*o, *world);
+    } else {
+      bench::run_moe_bench(*o);
+    }
   });
 #else
   app.allow_extras();

@@ -212,6 +212,7 @@ InputSet make_input_set(const MoeConfig& c, int64_t tokens, uint64_t seed, cudaS
     }
   }
   set.active_experts = std::count(used.begin(), used.end(), 1);
+  NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());  // uploads (legacy stream) and fill are done
   return set;
 }
 

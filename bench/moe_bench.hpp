@@ -42,4 +42,7 @@ struct BenchOptions {
 
 void run_moe_bench(const BenchOptions& options);
 
+// The expert-parallel layer on world sizes 1, 2, 4 .. max_world of this machine's GPUs.
+void run_distributed_bench(const BenchOptions& options, int max_world);
+
 }  // namespace nvfp4moe::bench

@@ -98,6 +98,8 @@ struct MoeWeights {
                              bool with_input_scales);
   MoeWeightsView view() const;
   size_t bytes() const;
+  // A copy of experts [first, first + count): the weights one expert-parallel rank holds.
+  MoeWeights slice(int64_t first, int64_t count) const;
 };
 
 // Checks host weights against the config: shapes, finite and non-negative global scales, no

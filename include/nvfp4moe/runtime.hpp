@@ -41,10 +41,11 @@ class DeviceBuffer {
     return static_cast<T*>(data_);
   }
 
-  // Synchronous copies between host memory and this buffer (bytes <= size()).
+  // Copies between host memory and this buffer (bytes <= size()), complete on return. They do
+  // not wait for work queued on non-blocking streams: synchronize those first.
   void upload(const void* host, size_t bytes);
   void download(void* host, size_t bytes) const;
-  // Fills every byte with `value`.
+  // Fills every byte with `value`, complete on return.
   void fill(unsigned char value);
 
  private:

@@ -1,4 +1,5 @@
 // Owning expert weights and their validation against a config.
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.hpp"
@@ -55,6 +56,29 @@ size_t MoeWeights::bytes() const {
          sizeof(float) *
              (gate_global_scale.size() + up_global_scale.size() + down_global_scale.size() +
               gate_up_input_scale.size() + down_input_scale.size());
+}
+
+MoeWeights MoeWeights::slice(int64_t first, int64_t count) const {
+  require(first >= 0 && count >= 1 && first + count <= num_experts, ErrorKind::kInvalidArgument,
+          "MoeWeights::slice: experts [{}, {}) of {}", first, first + count, num_experts);
+  MoeWeights out = allocate(count, hidden, intermediate, !gate_up_input_scale.empty());
+  auto copy = [&](const auto& from, auto& to) {
+    const size_t per_expert = from.size() / static_cast<size_t>(num_experts);
+    std::copy_n(from.begin() + static_cast<ptrdiff_t>(first * per_expert), count * per_expert,
+                to.begin());
+  };
+  copy(gate_up_values, out.gate_up_values);
+  copy(gate_up_scales, out.gate_up_scales);
+  copy(down_values, out.down_values);
+  copy(down_scales, out.down_scales);
+  copy(gate_global_scale, out.gate_global_scale);
+  copy(up_global_scale, out.up_global_scale);
+  copy(down_global_scale, out.down_global_scale);
+  if (!gate_up_input_scale.empty()) {
+    copy(gate_up_input_scale, out.gate_up_input_scale);
+    copy(down_input_scale, out.down_input_scale);
+  }
+  return out;
 }
 
 namespace {

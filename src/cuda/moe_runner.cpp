@@ -87,7 +87,7 @@ struct PreparedMatrix {
   DeviceMemory codes, scales;
 };
 
-class CudaMoeRunner final : public MoeRunner {
+class CudaMoeRunner final : public CudaRunner {
  public:
   CudaMoeRunner(const MoeConfig& config, const MoeWeights& weights)
       : config_(config), layout_(config) {
@@ -159,12 +159,31 @@ class CudaMoeRunner final : public MoeRunner {
   size_t workspace_bytes() const override { return layout_.total; }
 
   void forward(const MoeForwardArgs& args, void* workspace, void* stream_handle) override {
-    validate_forward_args(config_, args);
+    enqueue(args, nullptr, workspace, static_cast<cudaStream_t>(stream_handle));
+  }
+
+  void forward_sums(const MoeForwardArgs& args, float* sums, void* workspace,
+                    cudaStream_t stream) override {
+    require(sums != nullptr || args.num_tokens == 0, ErrorKind::kInvalidArgument,
+            "forward_sums: the fp32 output is null");
+    enqueue(args, sums, workspace, stream);
+  }
+
+ private:
+  // The forward; with `sums` the fp32 sums over this rank's slots go there (zeroed first) and
+  // no bf16 output is written.
+  void enqueue(const MoeForwardArgs& args, float* sums, void* workspace, cudaStream_t stream) {
+    if (sums == nullptr) {
+      validate_forward_args(config_, args);
+    } else {
+      MoeForwardArgs checked = args;
+      checked.output = reinterpret_cast<uint16_t*>(sums);  // any non-null pointer
+      validate_forward_args(config_, checked);
+    }
     if (args.num_tokens == 0) return;
     require(workspace != nullptr, ErrorKind::kInvalidArgument,
             "forward: workspace is null; it must hold workspace_bytes() = {} bytes",
             workspace_bytes());
-    const auto stream = static_cast<cudaStream_t>(stream_handle);
     const MoeConfig& c = config_;
     const int64_t tokens = args.num_tokens;
     const int32_t slots = static_cast<int32_t>(tokens * c.top_k);
@@ -289,7 +308,7 @@ class CudaMoeRunner final : public MoeRunner {
     }
 
     // ---- GEMM 2 and the combine ---------------------------------------------------------------
-    auto* out_acc = reinterpret_cast<float*>(at(layout_.out_acc));
+    auto* out_acc = sums ? sums : reinterpret_cast<float*>(at(layout_.out_acc));
     NVFP4MOE_CUDA_CHECK(
         cudaMemsetAsync(out_acc, 0, size_t(tokens * c.hidden) * sizeof(float), stream));
     gemm2.out = out_acc;
@@ -299,10 +318,12 @@ class CudaMoeRunner final : public MoeRunner {
     gemm2.top_k = static_cast<int32_t>(c.top_k);
     check_launch(launch_grouped_gemm(shape, Epilogue::kDownCombine, gemm2, grid_tiles, stream),
                  "down GEMM");
+    if (sums != nullptr) return;
     check_launch(launch_round_to_bf16(out_acc, args.output, tokens * c.hidden, stream),
                  "combine rounding");
   }
 
+ public:
   void check_errors(void* stream_handle) override {
     NVFP4MOE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_handle)));
     uint32_t flags = 0;
@@ -337,11 +358,15 @@ class CudaMoeRunner final : public MoeRunner {
 
 }  // namespace
 
-std::unique_ptr<MoeRunner> make_runner(const MoeConfig& config, const MoeWeights& weights) {
+std::unique_ptr<CudaRunner> make_cuda_runner(const MoeConfig& config, const MoeWeights& weights) {
   validate_weights(config, weights);
   std::string reason;
   require(device_usable(&reason), ErrorKind::kUnsupported, "CUDA runner: {}", reason);
   return std::make_unique<CudaMoeRunner>(config, weights);
+}
+
+std::unique_ptr<MoeRunner> make_runner(const MoeConfig& config, const MoeWeights& weights) {
+  return make_cuda_runner(config, weights);
 }
 
 }  // namespace nvfp4moe::cuda

@@ -47,8 +47,12 @@ void device_free(void* pointer) noexcept {
   if (pointer != nullptr) (void)cudaFree(pointer);
 }
 
+// cudaMemcpy from pageable memory may return before the DMA lands and cudaMemset is
+// asynchronous; waiting for the legacy stream makes both complete before returning, so that work
+// on any stream issued afterwards sees the data.
 void copy_to_device(void* device, const void* host, size_t bytes) {
   NVFP4MOE_CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+  NVFP4MOE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 void copy_to_host(void* host, const void* device, size_t bytes) {
@@ -57,6 +61,7 @@ void copy_to_host(void* host, const void* device, size_t bytes) {
 
 void device_memset(void* device, unsigned char value, size_t bytes) {
   NVFP4MOE_CUDA_CHECK(cudaMemset(device, value, bytes));
+  NVFP4MOE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 void device_synchronize() { NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize()); }

@@ -1,6 +1,8 @@
 // The CUDA half of nvfp4moe/runtime.hpp: device discovery, memory, and the runner factory.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -21,6 +23,17 @@ void device_memset(void* device, unsigned char value, size_t bytes);
 void device_synchronize();
 
 std::unique_ptr<MoeRunner> make_runner(const MoeConfig& config, const MoeWeights& weights);
+
+// The CUDA runner with one more entry: the fp32 sums of the layer before their rounding to bf16,
+// for an expert-parallel layer that reduces partial sums across ranks in fp32.
+class CudaRunner : public MoeRunner {
+ public:
+  // Like forward, but out [T, H] fp32 receives sum_j topk_weights * y over this runner's slots
+  // (zero where a token has none); args.output is not used.
+  virtual void forward_sums(const MoeForwardArgs& args, float* out, void* workspace,
+                            cudaStream_t stream) = 0;
+};
+std::unique_ptr<CudaRunner> make_cuda_runner(const MoeConfig& config, const MoeWeights& weights);
 std::unique_ptr<Nvfp4Linear> make_linear(const LinearConfig& config, const NvFp4View& weight,
                                          float input_scale);
 

@@ -74,6 +74,7 @@ struct GemmShape {
   int warps;
   int groups_per_warp;
   int tile_tokens;
+  int a_prefetch;  // weight chunks in flight per warp
   constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
 };
 
@@ -82,13 +83,13 @@ enum class GemmShapeId { kSmall, kMedium, kLarge };
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
     case GemmShapeId::kSmall:
-      return {4, 1, 8};  // decode: few tokens per expert
+      return {4, 1, 8, 3};  // decode: few tokens per expert
     case GemmShapeId::kMedium:
-      return {4, 2, 32};
+      return {4, 2, 32, 2};
     case GemmShapeId::kLarge:
-      return {4, 2, 64};  // prefill
+      return {4, 2, 64, 1};  // prefill
   }
-  return {4, 1, 8};
+  return {4, 1, 8, 3};
 }
 
 // The shape for a batch: by the mean number of tokens an active expert receives, so that a tile

@@ -35,7 +35,7 @@ namespace {
 template <GemmShapeId kId, Epilogue kEpilogue>
 cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
   constexpr GemmShape s = gemm_shape(kId);
-  using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens>;
+  using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
   const dim3 grid((p.row_groups + s.warps * s.groups_per_warp - 1) / (s.warps * s.groups_per_warp),
                   grid_y);
   grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);

@@ -24,11 +24,14 @@
 
 namespace nvfp4moe::cuda {
 
-template <int kWarps_, int kGroupsPerWarp_, int kTileTokens_>
+template <int kWarps_, int kGroupsPerWarp_, int kTileTokens_, int kAPrefetch_>
 struct GemmConfig {
   static constexpr int kWarps = kWarps_;
   static constexpr int kGroupsPerWarp = kGroupsPerWarp_;
   static constexpr int kTileTokens = kTileTokens_;
+  // Weight chunks in flight per warp beyond the one being computed: deeper for few tokens,
+  // where the loop is a stream of weight bytes and latency must be covered by loads in flight.
+  static constexpr int kAPrefetch = kAPrefetch_;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kStages = 3;
   static constexpr int kNTiles = kTileTokens / 8;
@@ -39,6 +42,7 @@ struct GemmConfig {
                 "tokens per tile: 8, or a multiple of 16 (ldmatrix.x4 loads two n8 tiles)");
   static_assert(kSmemBytes <= 48 * 1024, "the B ring must fit in static shared memory");
   static_assert(kGroupsPerWarp * kNTiles * 4 <= 128, "accumulators would spill registers");
+  static_assert(kAPrefetch >= 1 && kAPrefetch <= 4, "1 to 4 weight chunks in flight");
 };
 
 // alpha for one expert: g * weight_scale, in fp32 like the CPU reference, times the decode's
@@ -123,17 +127,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
     group_codes[i] = codes + int64_t(group_valid[i] ? group : 0) * p.k_chunks * 32 + lane;
     group_scales[i] = scales + int64_t(group_valid[i] ? group : 0) * p.k_chunks * 8 + g;
   }
-  uint4 a_codes[Cfg::kGroupsPerWarp];
-  uint2 a_scales[Cfg::kGroupsPerWarp];
-  auto load_a = [&](int chunk) {
+  // a_codes[d] holds chunk (current + 1 + d): a queue shifted by one each iteration.
+  uint4 a_codes[Cfg::kAPrefetch][Cfg::kGroupsPerWarp];
+  uint2 a_scales[Cfg::kAPrefetch][Cfg::kGroupsPerWarp];
+  auto load_a = [&](int chunk, uint4(&codes_out)[Cfg::kGroupsPerWarp],
+                    uint2(&scales_out)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
     for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-      if (group_valid[i]) {
-        a_codes[i] = ptx::load_global_nc(group_codes[i] + chunk * 32);
-        a_scales[i] = ptx::load_global_nc(group_scales[i] + chunk * 8);
+      if (group_valid[i] && chunk < p.k_chunks) {
+        codes_out[i] = ptx::load_global_nc(group_codes[i] + chunk * 32);
+        scales_out[i] = ptx::load_global_nc(group_scales[i] + chunk * 8);
       } else {
-        a_codes[i] = make_uint4(0, 0, 0, 0);
-        a_scales[i] = make_uint2(0, 0);
+        codes_out[i] = make_uint4(0, 0, 0, 0);
+        scales_out[i] = make_uint2(0, 0);
       }
     }
   };
@@ -153,7 +159,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
     if (s < p.k_chunks) load_stage(s, s);
     ptx::cp_async_commit();
   }
-  load_a(0);
+#pragma unroll
+  for (int d = 0; d < Cfg::kAPrefetch; ++d) load_a(d, a_codes[d], a_scales[d]);
 
   for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
     ptx::cp_async_wait<Cfg::kStages - 2>();
@@ -166,10 +173,18 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
     uint2 scales_now[Cfg::kGroupsPerWarp];
 #pragma unroll
     for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-      codes_now[i] = a_codes[i];
-      scales_now[i] = a_scales[i];
+      codes_now[i] = a_codes[0][i];
+      scales_now[i] = a_scales[0][i];
     }
-    if (chunk + 1 < p.k_chunks) load_a(chunk + 1);
+#pragma unroll
+    for (int d = 0; d + 1 < Cfg::kAPrefetch; ++d) {
+#pragma unroll
+      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
+        a_codes[d][i] = a_codes[d + 1][i];
+        a_scales[d][i] = a_scales[d + 1][i];
+      }
+    }
+    load_a(chunk + Cfg::kAPrefetch, a_codes[Cfg::kAPrefetch - 1], a_scales[Cfg::kAPrefetch - 1]);
 
     const uint16_t* stage = smem_b + (chunk % Cfg::kStages) * Cfg::kStageElements;
 #pragma unroll

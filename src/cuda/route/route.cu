@@ -71,10 +71,70 @@ __global__ void route_scatter_kernel(const RouteParams p) {
   }
 }
 
+// Small batches (decode): count, scan and scatter in one block with the counts in shared
+// memory, one launch instead of three.
+constexpr int kSmallMaxSlots = 8192;
+constexpr int kSmallMaxExperts = 4096;
+
+__global__ void __launch_bounds__(kScanThreads) route_small_kernel(const RouteParams p) {
+  using Scan = cub::BlockScan<int, kScanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int counts[kSmallMaxExperts];
+  __shared__ int cursors[kSmallMaxExperts];
+  for (int e = threadIdx.x; e < p.num_local_experts; e += kScanThreads) counts[e] = 0;
+  __syncthreads();
+  for (int s = threadIdx.x; s < p.num_slots; s += kScanThreads) {
+    const int e = local_expert(p, p.topk_ids[s]);
+    if (e >= 0) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+
+  const int per_thread = (p.num_local_experts + kScanThreads - 1) / kScanThreads;
+  const int begin = min(static_cast<int>(threadIdx.x) * per_thread, p.num_local_experts);
+  const int end = min(begin + per_thread, p.num_local_experts);
+  int rows = 0, tiles = 0;
+  for (int e = begin; e < end; ++e) {
+    rows += counts[e];
+    tiles += (counts[e] + p.tile_tokens - 1) / p.tile_tokens;
+  }
+  int rows_before = 0, tiles_before = 0, total_rows = 0, total_tiles = 0;
+  Scan(scan_storage).ExclusiveSum(rows, rows_before, total_rows);
+  __syncthreads();
+  Scan(scan_storage).ExclusiveSum(tiles, tiles_before, total_tiles);
+  for (int e = begin; e < end; ++e) {
+    const int count = counts[e];
+    p.offsets[e] = rows_before;
+    cursors[e] = rows_before;
+    for (int j = 0; j * p.tile_tokens < count; ++j) {
+      p.tiles[tiles_before++] = {e, rows_before + j * p.tile_tokens,
+                                 min(p.tile_tokens, count - j * p.tile_tokens), 0};
+    }
+    rows_before += count;
+  }
+  if (threadIdx.x == 0) {
+    p.offsets[p.num_local_experts] = total_rows;
+    *p.num_tiles = total_tiles;
+  }
+  __syncthreads();
+
+  for (int s = threadIdx.x; s < p.num_slots; s += kScanThreads) {
+    const int32_t id = p.topk_ids[s];
+    const int e = id - p.first_local_expert;
+    if (id < 0 || id >= p.num_experts || e < 0 || e >= p.num_local_experts) continue;
+    const int position = atomicAdd(&cursors[e], 1);
+    p.sorted_slot[position] = s;
+    p.sorted_expert[position] = e;
+  }
+}
+
 }  // namespace
 
 cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
   if (p.num_slots <= 0) return cudaSuccess;
+  if (p.num_slots <= kSmallMaxSlots && p.num_local_experts <= kSmallMaxExperts) {
+    route_small_kernel<<<1, kScanThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  }
   constexpr int kThreads = 256;
   const int blocks = std::min((p.num_slots + kThreads - 1) / kThreads, 1024);
   route_count_kernel<<<blocks, kThreads, 0, stream>>>(p);

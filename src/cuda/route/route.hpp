@@ -34,12 +34,16 @@ struct RouteParams {
   uint32_t* error_flags = nullptr;
 };
 
-// The most tiles a table can need: sum over experts of ceil(count / tile) <= slots/tile + E.
+// The most tiles a table can need: sum over experts of ceil(count / tile), which is at most
+// slots / tile + E and at most slots (every tile holds a slot). The GEMM grid is launched at
+// this bound; at T = 1 it is 8 tiles rather than E + 1.
 inline int64_t max_route_tiles(int64_t num_slots, int64_t num_local_experts, int tile_tokens) {
-  return (num_slots + tile_tokens - 1) / tile_tokens + num_local_experts;
+  const int64_t by_experts = (num_slots + tile_tokens - 1) / tile_tokens + num_local_experts;
+  return num_slots < by_experts ? num_slots : by_experts;
 }
 
-// count -> scan (offsets and tiles) -> scatter, three launches.
+// count -> scan (offsets and tiles) -> scatter: one launch for up to 8192 slots and 4096 local
+// experts, three beyond.
 cudaError_t launch_route(const RouteParams& params, cudaStream_t stream);
 
 }  // namespace nvfp4moe::cuda

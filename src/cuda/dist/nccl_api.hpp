@@ -1,0 +1,50 @@
+// NCCL, loaded at run time with dlopen: only expert parallelism needs it, so neither the library
+// nor the tool links it, and a missing NCCL is an Error only for those who ask for it.
+#pragma once
+
+#include <nccl.h>
+
+#include <string>
+#include <vector>
+
+namespace nvfp4moe::cuda {
+
+class NcclApi {
+ public:
+  // The process-wide instance; loads libnccl.so.2 (or NVFP4MOE_NCCL) on first use.
+  static NcclApi& get();
+
+  const std::string& library() const { return library_; }
+  void check(ncclResult_t result, const char* what) const;
+
+  ncclResult_t (*comm_init_all)(ncclComm_t*, int, const int*) = nullptr;
+  ncclResult_t (*comm_destroy)(ncclComm_t) = nullptr;
+  ncclResult_t (*all_gather)(const void*, void*, size_t, ncclDataType_t, ncclComm_t,
+                             cudaStream_t) = nullptr;
+  ncclResult_t (*reduce_scatter)(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t,
+                                 ncclComm_t, cudaStream_t) = nullptr;
+  ncclResult_t (*group_start)() = nullptr;
+  ncclResult_t (*group_end)() = nullptr;
+  const char* (*error_string)(ncclResult_t) = nullptr;
+
+ private:
+  NcclApi();
+  void* handle_ = nullptr;
+  std::string library_;
+};
+
+// Communicators for `devices.size()` ranks driven from this process (ncclCommInitAll).
+class LocalCommunicators {
+ public:
+  explicit LocalCommunicators(const std::vector<int>& devices);
+  ~LocalCommunicators();
+  LocalCommunicators(const LocalCommunicators&) = delete;
+  LocalCommunicators& operator=(const LocalCommunicators&) = delete;
+  ncclComm_t operator[](size_t rank) const { return comms_[rank]; }
+  size_t size() const { return comms_.size(); }
+
+ private:
+  std::vector<ncclComm_t> comms_;
+};
+
+}  // namespace nvfp4moe::cuda

@@ -1,0 +1,207 @@
+// Expert parallelism over NCCL on 2 and 4 GPUs: each rank's output equals the single-GPU layer
+// on the same tokens and routing (checked against the float64 interval reference), including
+// ranks whose experts receive no tokens, eagerly and replayed from CUDA graphs.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <thread>
+
+#include "core/synthetic.hpp"
+#include "cuda/dist/nccl_api.hpp"
+#include "gpu_test.hpp"
+#include "nvfp4moe/distributed.hpp"
+#include "nvfp4moe/error.hpp"
+#include "support/moe_reference.hpp"
+
+namespace nvfp4moe {
+namespace {
+
+using testing::to_device;
+using testing::to_host;
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
+  return count;
+}
+
+TEST(ExpertRange, SplitsContiguouslyWithTheRemainderFirst) {
+  EXPECT_EQ(expert_range(256, 8, 0).first, 0);
+  EXPECT_EQ(expert_range(256, 8, 3).first, 96);
+  EXPECT_EQ(expert_range(256, 8, 3).count, 32);
+  EXPECT_EQ(expert_range(10, 4, 0).count, 3);
+  EXPECT_EQ(expert_range(10, 4, 1).first, 3);
+  EXPECT_EQ(expert_range(10, 4, 2).first, 6);
+  EXPECT_EQ(expert_range(10, 4, 3).first, 8);
+  EXPECT_EQ(expert_range(10, 4, 3).count, 2);
+  EXPECT_THROW(expert_range(3, 4, 0), Error);
+  EXPECT_THROW(expert_range(8, 2, 2), Error);
+}
+
+struct RankBatch {
+  std::vector<uint16_t> hidden;
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+};
+
+// Runs `world` ranks, one thread and one GPU each, for `replays` batches per rank (a graph
+// captured on the first when `graph` is set), and checks every rank's output.
+void run_world(int world, const MoeConfig& layer, const MoeWeights& all_weights,
+               int64_t tokens_per_rank, bool all_on_rank0, bool graph, int replays) {
+  cuda::LocalCommunicators comms([&] {
+    std::vector<int> devices(world);
+    for (int r = 0; r < world; ++r) devices[r] = r;
+    return devices;
+  }());
+  // Batches for every replay and rank, and the reference of the whole (all ranks') batch.
+  std::vector<std::vector<RankBatch>> batches(replays, std::vector<RankBatch>(world));
+  std::vector<std::vector<testing::ReferenceOutput>> references(replays);
+  for (int replay = 0; replay < replays; ++replay) {
+    const int64_t total = tokens_per_rank * world;
+    const auto hidden = random_bf16(size_t(total * layer.hidden), 1.0f, 500 + replay);
+    Routing routing = random_routing(total, layer.num_experts, layer.top_k, 600 + replay);
+    if (all_on_rank0) {  // only rank 0's experts get tokens: the other ranks compute nothing
+      const ExpertRange first = expert_range(layer.num_experts, world, 0);
+      for (auto& id : routing.ids) id = int32_t(first.first + id % first.count);
+    }
+    const testing::ReferenceInputs in{total, hidden.data(), routing.ids.data(),
+                                      routing.weights.data()};
+    MoeConfig whole = layer;
+    whole.max_tokens = total;
+    const auto reference = testing::reference_moe(whole, all_weights, in, std::ldexp(1.0, -22));
+    for (int r = 0; r < world; ++r) {
+      RankBatch& b = batches[replay][r];
+      const auto token0 = size_t(r * tokens_per_rank);
+      b.hidden.assign(hidden.begin() + token0 * layer.hidden,
+                      hidden.begin() + (token0 + tokens_per_rank) * layer.hidden);
+      b.ids.assign(routing.ids.begin() + token0 * layer.top_k,
+                   routing.ids.begin() + (token0 + tokens_per_rank) * layer.top_k);
+      b.weights.assign(routing.weights.begin() + token0 * layer.top_k,
+                       routing.weights.begin() + (token0 + tokens_per_rank) * layer.top_k);
+      testing::ReferenceOutput part;
+      using Field = std::vector<double> testing::ReferenceOutput::*;
+      for (const Field field :
+           std::array<Field, 3>{&testing::ReferenceOutput::value, &testing::ReferenceOutput::low,
+                                &testing::ReferenceOutput::high}) {
+        (part.*field)
+            .assign((reference.*field).begin() + token0 * layer.hidden,
+                    (reference.*field).begin() + (token0 + tokens_per_rank) * layer.hidden);
+      }
+      references[replay].push_back(std::move(part));
+    }
+  }
+
+  std::vector<std::string> failures(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        cudaSetDevice(r);
+        const ExpertRange range = expert_range(layer.num_experts, world, r);
+        auto moe = make_distributed_moe(layer, all_weights.slice(range.first, range.count),
+                                        {world, r, comms[r], tokens_per_rank});
+        DeviceBuffer hidden(Device::kCuda, size_t(tokens_per_rank * layer.hidden) * 2);
+        DeviceBuffer ids(Device::kCuda, size_t(tokens_per_rank * layer.top_k) * 4);
+        DeviceBuffer weights(Device::kCuda, size_t(tokens_per_rank * layer.top_k) * 4);
+        DeviceBuffer out(Device::kCuda, size_t(tokens_per_rank * layer.hidden) * 2);
+        DeviceBuffer workspace(Device::kCuda, moe->workspace_bytes());
+        cudaStream_t stream;
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+        const MoeForwardArgs args{tokens_per_rank, hidden.as<uint16_t>(), ids.as<int32_t>(),
+                                  weights.as<float>(), out.as<uint16_t>()};
+        cudaGraphExec_t exec = nullptr;
+        for (int replay = 0; replay < replays; ++replay) {
+          const RankBatch& b = batches[replay][r];
+          // Inputs go through the rank's own (non-blocking) stream, so the forward sees them.
+          auto upload = [&](DeviceBuffer& to, const void* from, size_t bytes) {
+            if (cudaMemcpyAsync(to.data(), from, bytes, cudaMemcpyHostToDevice, stream) !=
+                cudaSuccess) {
+              throw Error(ErrorKind::kCuda, "upload failed");
+            }
+          };
+          upload(hidden, b.hidden.data(), b.hidden.size() * 2);
+          upload(ids, b.ids.data(), b.ids.size() * 4);
+          upload(weights, b.weights.data(), b.weights.size() * 4);
+          cudaMemsetAsync(out.data(), 0xFF, out.size(), stream);  // poison
+          if (!graph) {
+            moe->forward(args, workspace.data(), stream);
+          } else {
+            if (exec == nullptr) {
+              // NCCL connects its peers on first use, which cannot happen inside a capture.
+              moe->forward(args, workspace.data(), stream);
+              cudaMemsetAsync(out.data(), 0xFF, out.size(), stream);
+              cudaGraph_t captured;
+              cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+              moe->forward(args, workspace.data(), stream);
+              if (cudaStreamEndCapture(stream, &captured) != cudaSuccess ||
+                  cudaGraphInstantiate(&exec, captured, 0) != cudaSuccess) {
+                throw Error(ErrorKind::kCuda, "capturing the distributed forward failed");
+              }
+              cudaGraphDestroy(captured);
+            }
+            if (cudaGraphLaunch(exec, stream) != cudaSuccess) {
+              throw Error(ErrorKind::kCuda, "graph launch failed");
+            }
+          }
+          moe->check_errors(stream);
+          const auto result = to_host<uint16_t>(out, b.hidden.size());
+          const std::string report =
+              testing::check_against_reference(result, references[replay][r], layer.hidden);
+          if (!report.empty() && failures[r].empty()) {
+            failures[r] = "replay " + std::to_string(replay) + ":\n" + report;
+          }
+        }
+        if (exec != nullptr) cudaGraphExecDestroy(exec);
+        cudaStreamDestroy(stream);
+      } catch (const std::exception& e) {
+        failures[r] = e.what();
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int r = 0; r < world; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
+}
+
+class Distributed : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    std::string reason;
+    if (!cuda::device_usable(&reason)) GTEST_SKIP() << "GPU test skipped: " << reason;
+    if (device_count() < GetParam()) {
+      GTEST_SKIP() << "needs " << GetParam() << " GPUs, this machine has " << device_count();
+    }
+  }
+};
+
+TEST_P(Distributed, EqualsTheSingleGpuLayer) {
+  const int world = GetParam();
+  for (const QuantMode mode : {QuantMode::kW4A16, QuantMode::kW4A4}) {
+    MoeConfig layer = MoeConfig::single_rank(16, 256, 128, 4, 1);
+    layer.mode = mode;
+    const MoeWeights weights = random_layer(16, 256, 128, 77).nvfp4;
+    run_world(world, layer, weights, 24, /*all_on_rank0=*/false, /*graph=*/false, 2);
+  }
+}
+
+TEST_P(Distributed, RanksWhoseExpertsGetNoTokens) {
+  const int world = GetParam();
+  const MoeConfig layer = MoeConfig::single_rank(16, 256, 128, 4, 1);
+  const MoeWeights weights = random_layer(16, 256, 128, 78).nvfp4;
+  run_world(world, layer, weights, 16, /*all_on_rank0=*/true, /*graph=*/false, 1);
+}
+
+TEST_P(Distributed, GraphReplaysWithChangingRouting) {
+  const int world = GetParam();
+  const MoeConfig layer = MoeConfig::single_rank(16, 128, 64, 4, 1);
+  const MoeWeights weights = random_layer(16, 128, 64, 79).nvfp4;
+  run_world(world, layer, weights, 8, /*all_on_rank0=*/false, /*graph=*/true, 10);
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, Distributed, ::testing::Values(2, 4),
+                         [](const ::testing::TestParamInfo<int>& info_) {
+                           return "world" + std::to_string(info_.param);
+                         });
+
+}  // namespace
+}  // namespace nvfp4moe
