@@ -7,6 +7,7 @@
 
 #include "core/synthetic.hpp"
 #include "cuda/common/prepared_layout.hpp"
+#include "cuda/gemm/gemm_params.hpp"
 #include "cuda/quant/quant.hpp"
 #include "decode_probe.hpp"
 #include "gpu_test.hpp"
@@ -52,6 +53,21 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
     }
   }
   EXPECT_EQ(mismatches, 0);
+}
+
+// The tile-shape heuristic is a pure function: checked without a GPU.
+TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
+  using cuda::gemm_shape_for;
+  using cuda::GemmShapeId;
+  static_assert(gemm_shape_for(8, 256) == GemmShapeId::kSmall);  // T = 1, DeepSeek-V3
+  EXPECT_EQ(gemm_shape_for(0, 256), GemmShapeId::kSmall);
+  EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);    // T = 64: 2 per expert
+  EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kMedium);  // T = 256: 8
+  EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kMedium);  // T = 1024: 32
+  EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kLarge);  // T = 4096: 128
+  EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kLarge);       // one expert takes all
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kLarge).tile_tokens, 64);
 }
 
 // ---- Quantization kernel ------------------------------------------------------------------

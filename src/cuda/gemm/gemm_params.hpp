@@ -83,17 +83,31 @@ enum class GemmShapeId { kSmall, kMedium, kLarge };
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
     case GemmShapeId::kSmall:
-      return {4, 1, 8, 3};  // decode: few tokens per expert
+      return {4, 1, 8, 6};  // decode: few tokens per expert
     case GemmShapeId::kMedium:
-      return {4, 2, 32, 2};
+      return {4, 2, 32, 3};
     case GemmShapeId::kLarge:
       return {4, 2, 64, 1};  // prefill
   }
-  return {4, 1, 8, 3};
+  return {4, 1, 8, 6};
 }
 
-// The shape for a batch: by the mean number of tokens an active expert receives, so that a tile
-// wastes little of its token width. Pure; printed once when NVFP4MOE_PRINT_CONFIG is set.
+// The shape for a batch, by the mean number of tokens an active expert receives. Measured on an
+// H200 (DeepSeek-V3 layer, docs/performance.md): 8-token tiles win up to ~4 tokens per expert
+// (T <= 64), 32-token tiles from 8 (T = 256: 3.26 ms against 3.40) to 32 (T = 1024, on par
+// with 64-token tiles), 64-token tiles beyond (T = 4096: 12.7 ms against 15.4).
+constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts) {
+  // Active experts cannot exceed either the experts or the routed slots.
+  const int64_t bound = routed_slots < num_local_experts ? routed_slots : num_local_experts;
+  const int64_t active = bound > 1 ? bound : 1;
+  const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
+  return tokens_per_expert <= 4    ? GemmShapeId::kSmall
+         : tokens_per_expert <= 32 ? GemmShapeId::kMedium
+                                   : GemmShapeId::kLarge;
+}
+
+// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|medium|large forces a shape (for tuning);
+// the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts);
 
 }  // namespace nvfp4moe::cuda

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/gemm/grouped_gemm.cuh"
@@ -10,12 +11,13 @@
 namespace nvfp4moe::cuda {
 
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
-  // Active experts cannot exceed either the experts or the routed slots.
-  const int64_t active = std::max<int64_t>(1, std::min(routed_slots, num_local_experts));
-  const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
-  const GemmShapeId id = tokens_per_expert <= 8    ? GemmShapeId::kSmall
-                         : tokens_per_expert <= 32 ? GemmShapeId::kMedium
-                                                   : GemmShapeId::kLarge;
+  GemmShapeId id = gemm_shape_for(routed_slots, num_local_experts);
+  if (const char* forced = std::getenv("NVFP4MOE_GEMM_SHAPE")) {
+    const std::string name = forced;
+    if (name == "small") id = GemmShapeId::kSmall;
+    if (name == "medium") id = GemmShapeId::kMedium;
+    if (name == "large") id = GemmShapeId::kLarge;
+  }
   static std::once_flag printed;
   if (std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr) {
     std::call_once(printed, [&] {

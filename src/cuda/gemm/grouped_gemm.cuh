@@ -42,7 +42,7 @@ struct GemmConfig {
                 "tokens per tile: 8, or a multiple of 16 (ldmatrix.x4 loads two n8 tiles)");
   static_assert(kSmemBytes <= 48 * 1024, "the B ring must fit in static shared memory");
   static_assert(kGroupsPerWarp * kNTiles * 4 <= 128, "accumulators would spill registers");
-  static_assert(kAPrefetch >= 1 && kAPrefetch <= 4, "1 to 4 weight chunks in flight");
+  static_assert(kAPrefetch >= 1 && kAPrefetch <= 8, "1 to 8 weight chunks in flight");
 };
 
 // alpha for one expert: g * weight_scale, in fp32 like the CPU reference, times the decode's
@@ -127,9 +127,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
     group_codes[i] = codes + int64_t(group_valid[i] ? group : 0) * p.k_chunks * 32 + lane;
     group_scales[i] = scales + int64_t(group_valid[i] ? group : 0) * p.k_chunks * 8 + g;
   }
-  // a_codes[d] holds chunk (current + 1 + d): a queue shifted by one each iteration.
-  uint4 a_codes[Cfg::kAPrefetch][Cfg::kGroupsPerWarp];
-  uint2 a_scales[Cfg::kAPrefetch][Cfg::kGroupsPerWarp];
+  // A chunks live in a ring of kRing slots. The chunk loop below is unrolled by kRing, so each
+  // slot is a fixed set of registers and a load is only waited on when its chunk is used; a
+  // queue shifted every iteration would make each register move wait for its load (measured:
+  // a 3-deep queue ran exactly like 1-deep).
+  constexpr int kRing = Cfg::kAPrefetch + 1;
+  uint4 a_codes[kRing][Cfg::kGroupsPerWarp];
+  uint2 a_scales[kRing][Cfg::kGroupsPerWarp];
   auto load_a = [&](int chunk, uint4(&codes_out)[Cfg::kGroupsPerWarp],
                     uint2(&scales_out)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
@@ -152,52 +156,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[i][n][j] = 0.0f;
 
-        // ---- Main loop
-        // ------------------------------------------------------------------------------
-#pragma unroll
-  for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < p.k_chunks) load_stage(s, s);
-    ptx::cp_async_commit();
-  }
-#pragma unroll
-  for (int d = 0; d < Cfg::kAPrefetch; ++d) load_a(d, a_codes[d], a_scales[d]);
-
-  for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
-    ptx::cp_async_wait<Cfg::kStages - 2>();
-    __syncthreads();  // chunk's stage is visible; the stage refilled below is no longer read
-    const int next = chunk + Cfg::kStages - 1;
-    if (next < p.k_chunks) load_stage(next, next % Cfg::kStages);
-    ptx::cp_async_commit();
-
-    uint4 codes_now[Cfg::kGroupsPerWarp];
-    uint2 scales_now[Cfg::kGroupsPerWarp];
-#pragma unroll
-    for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-      codes_now[i] = a_codes[0][i];
-      scales_now[i] = a_scales[0][i];
-    }
-#pragma unroll
-    for (int d = 0; d + 1 < Cfg::kAPrefetch; ++d) {
-#pragma unroll
-      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-        a_codes[d][i] = a_codes[d + 1][i];
-        a_scales[d][i] = a_scales[d + 1][i];
-      }
-    }
-    load_a(chunk + Cfg::kAPrefetch, a_codes[Cfg::kAPrefetch - 1], a_scales[Cfg::kAPrefetch - 1]);
-
-    const uint16_t* stage = smem_b + (chunk % Cfg::kStages) * Cfg::kStageElements;
+  // One 64-wide chunk: decode this warp's A fragments, multiply by every token of the stage.
+  auto compute_chunk = [&](const uint16_t* stage, const uint4(&codes)[Cfg::kGroupsPerWarp],
+                           const uint2(&scales)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
     for (int step = 0; step < 4; ++step) {
       uint32_t a[Cfg::kGroupsPerWarp][4];
 #pragma unroll
       for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-        const uint32_t word = step == 0   ? codes_now[i].x
-                              : step == 1 ? codes_now[i].y
-                              : step == 2 ? codes_now[i].z
-                                          : codes_now[i].w;
-        const uint32_t scale_g = (scales_now[i].x >> (8 * step)) & 0xFFu;
-        const uint32_t scale_g8 = (scales_now[i].y >> (8 * step)) & 0xFFu;
+        const uint32_t word = step == 0   ? codes[i].x
+                              : step == 1 ? codes[i].y
+                              : step == 2 ? codes[i].z
+                                          : codes[i].w;
+        const uint32_t scale_g = (scales[i].x >> (8 * step)) & 0xFFu;
+        const uint32_t scale_g8 = (scales[i].y >> (8 * step)) & 0xFFu;
         decode_a_fragment(word, scale_pair(scale_g), scale_pair(scale_g8), a[i]);
       }
       if constexpr (Cfg::kTileTokens == 8) {
@@ -226,6 +198,32 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
           }
         }
       }
+    }
+  };
+
+  // ---- Main loop ------------------------------------------------------------------------------
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    if (s < p.k_chunks) load_stage(s, s);
+    ptx::cp_async_commit();
+  }
+#pragma unroll
+  for (int d = 0; d < Cfg::kAPrefetch; ++d) load_a(d, a_codes[d], a_scales[d]);
+
+  for (int base = 0; base < p.k_chunks; base += kRing) {
+#pragma unroll
+    for (int u = 0; u < kRing; ++u) {
+      const int chunk = base + u;
+      if (chunk >= p.k_chunks) break;  // uniform across the block
+      // Refill the slot of the chunk before this one, kAPrefetch chunks ahead.
+      load_a(chunk + Cfg::kAPrefetch, a_codes[(u + Cfg::kAPrefetch) % kRing],
+             a_scales[(u + Cfg::kAPrefetch) % kRing]);
+      ptx::cp_async_wait<Cfg::kStages - 2>();
+      __syncthreads();  // chunk's stage is visible; the stage refilled below is no longer read
+      const int next = chunk + Cfg::kStages - 1;
+      if (next < p.k_chunks) load_stage(next, next % Cfg::kStages);
+      ptx::cp_async_commit();
+      compute_chunk(smem_b + (chunk % Cfg::kStages) * Cfg::kStageElements, a_codes[u], a_scales[u]);
     }
   }
   ptx::cp_async_wait<0>();
