@@ -7,9 +7,11 @@
 #include <utility>
 
 #include "core/check.hpp"
+#include "cpu/expert_rows.hpp"
 #include "cpu/linear_cpu.hpp"
 
 #if NVFP4MOE_WITH_CUDA
+#include "cuda/moe_forward.hpp"
 #include "cuda/runtime_cuda.hpp"
 #endif
 
@@ -40,6 +42,16 @@ Device parse_device(std::string_view name) {
 #endif
   }
   fail(ErrorKind::kInvalidArgument, "unknown device '{}', expected auto, cpu or cuda", name);
+}
+
+size_t workspace_bytes(Device device, const MoeConfig& config) {
+  config.validate();
+  if (device == Device::kCpu) return cpu_workspace_bytes(config);
+#if NVFP4MOE_WITH_CUDA
+  return cuda::moe_workspace_bytes(config);
+#else
+  fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
+#endif
 }
 
 std::unique_ptr<MoeRunner> make_runner(Device device, const MoeConfig& config,

@@ -137,6 +137,10 @@ class MoeRunner {
   virtual void check_errors(void* stream) { (void)stream; }
 };
 
+// Bytes of scratch memory a forward needs on `device`: a pure function of the config (the
+// same as MoeRunner::workspace_bytes of a runner made with it).
+size_t workspace_bytes(Device device, const MoeConfig& config);
+
 // The CPU reference backend. It keeps the pointers of `weights`, which must outlive it.
 std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights);
 

@@ -29,6 +29,9 @@ class ExpertRows {
   virtual float down_input_scale(int64_t expert) const = 0;
 };
 
+// The CPU runner's workspace for a config.
+size_t cpu_workspace_bytes(const MoeConfig& config);
+
 // A CPU runner over any row source. `config.mode` must be kW4A16 for unquantized rows.
 std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config,
                                            std::shared_ptr<const ExpertRows> rows);

@@ -135,12 +135,7 @@ class CpuMoeRunner final : public MoeRunner {
   const MoeConfig& config() const override { return config_; }
   Device device() const override { return Device::kCpu; }
 
-  size_t workspace_bytes() const override {
-    const auto slots = static_cast<size_t>(config_.max_tokens * config_.top_k);
-    const auto experts = static_cast<size_t>(config_.num_local_experts);
-    return sizeof(int32_t) * (2 * slots + experts + 1) +
-           sizeof(float) * slots * static_cast<size_t>(config_.intermediate + config_.hidden);
-  }
+  size_t workspace_bytes() const override { return cpu_workspace_bytes(config_); }
 
   void forward(const MoeForwardArgs& args, void* workspace, void* /*stream*/) override {
     validate_forward_args(config_, args);
@@ -323,6 +318,13 @@ class CpuMoeRunner final : public MoeRunner {
 };
 
 }  // namespace
+
+size_t cpu_workspace_bytes(const MoeConfig& config) {
+  const auto slots = static_cast<size_t>(config.max_tokens * config.top_k);
+  const auto experts = static_cast<size_t>(config.num_local_experts);
+  return sizeof(int32_t) * (2 * slots + experts + 1) +
+         sizeof(float) * slots * static_cast<size_t>(config.intermediate + config.hidden);
+}
 
 std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config,
                                            std::shared_ptr<const ExpertRows> rows) {

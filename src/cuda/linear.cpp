@@ -7,6 +7,8 @@
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/prepared_layout.hpp"
 #include "cuda/gemm/gemm_launch.hpp"
+#include "cuda/linear_forward.hpp"
+#include "cuda/moe_forward.hpp"
 #include "cuda/prepare/prepare.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/route/route.hpp"
@@ -17,6 +19,74 @@ namespace nvfp4moe::cuda {
 namespace {
 
 constexpr size_t kXqOffset = 256;
+
+}  // namespace
+
+size_t linear_workspace_bytes(const LinearConfig& config) {
+  return config.mode == QuantMode::kW4A4
+             ? kXqOffset + size_t(config.max_tokens * config.in_features) * 2
+             : 0;
+}
+
+void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint8_t* scale_codes,
+                    const float* weight_scale, const float* input_scale, int64_t tokens,
+                    const uint16_t* x, uint16_t* out, void* workspace, uint32_t* error_flags,
+                    cudaStream_t stream) {
+  const PreparedShape prepared{config.out_features, config.in_features};
+  require(tokens >= 0 && tokens <= config.max_tokens, ErrorKind::kInvalidArgument,
+          "linear: {} tokens, but the layer was configured for at most {}", tokens,
+          config.max_tokens);
+  if (tokens == 0) return;
+  const bool w4a4 = config.mode == QuantMode::kW4A4;
+  require(!w4a4 || workspace != nullptr, ErrorKind::kInvalidArgument,
+          "linear: W4A4 needs a workspace of linear_workspace_bytes(config) = {}",
+          linear_workspace_bytes(config));
+  GemmParams p;
+  p.codes = codes;
+  p.scales = scale_codes;
+  p.row_groups = static_cast<int32_t>(prepared.row_groups());
+  p.k_chunks = static_cast<int32_t>(prepared.k_chunks());
+  p.k = static_cast<int32_t>(prepared.k);
+  p.b = x;
+  p.b_row_stride = config.in_features;
+  p.implicit_rows = static_cast<int32_t>(tokens);
+  p.weight_scale = weight_scale;
+  p.out = out;
+  p.out_row_stride = config.out_features;
+  if (w4a4) {
+    auto* amax = static_cast<uint32_t*>(workspace);
+    auto* xq = reinterpret_cast<uint16_t*>(static_cast<uint8_t*>(workspace) + kXqOffset);
+    QuantizeSource source;
+    source.input = x;
+    source.input_row_stride = config.in_features;
+    source.cols = static_cast<int32_t>(config.in_features);
+    source.max_rows = tokens;
+    source.error_flags = error_flags;
+    if (config.activation_scale == ActivationScale::kDynamic) {
+      NVFP4MOE_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream));
+      NVFP4MOE_CUDA_CHECK(launch_amax(source, amax, stream));
+      source.scale_source = ActivationScaleSource::kFromAmax;
+      source.amax_bits = amax;
+      p.act_source = ActivationScaleSource::kFromAmax;
+      p.act_amax_bits = amax;
+    } else {
+      // The static scale: "per expert" with expert 0 (row_expert null).
+      source.scale_source = ActivationScaleSource::kPerExpert;
+      source.per_expert_scale = input_scale;
+      p.act_source = ActivationScaleSource::kPerExpert;
+      p.act_scale = input_scale;
+    }
+    NVFP4MOE_CUDA_CHECK(launch_quantize_dequantize(source, xq, config.in_features, stream));
+    p.b = xq;
+  }
+  const GemmShapeId shape = select_gemm_shape(tokens, 1);
+  const int tile_tokens = gemm_shape(shape).tile_tokens;
+  NVFP4MOE_CUDA_CHECK(
+      launch_grouped_gemm(shape, Epilogue::kLinear, p,
+                          static_cast<int>((tokens + tile_tokens - 1) / tile_tokens), stream));
+}
+
+namespace {
 
 class CudaLinear final : public Nvfp4Linear {
  public:
@@ -29,14 +99,9 @@ class CudaLinear final : public Nvfp4Linear {
     DeviceMemory staging(value_bytes + scale_bytes);
     copy_to_device(staging.get(), weight.values, value_bytes);
     copy_to_device(staging.get<uint8_t>() + value_bytes, weight.scales, scale_bytes);
-    PrepareParams prepare;
-    prepare.first_values = staging.get<uint8_t>();
-    prepare.first_scales = staging.get<uint8_t>() + value_bytes;
-    prepare.rows = config.out_features;
-    prepare.k = config.in_features;
-    prepare.codes = codes_.get<uint8_t>();
-    prepare.scales = scales_.get<uint8_t>();
-    NVFP4MOE_CUDA_CHECK(launch_prepare(prepare, nullptr));
+    prepare_matrices(staging.get<uint8_t>(), staging.get<uint8_t>() + value_bytes, 1,
+                     config.out_features, config.in_features, /*gate_up=*/false,
+                     codes_.get<uint8_t>(), scales_.get<uint8_t>(), nullptr);
     NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());
     const float scalars[2] = {weight.global_scale, input_scale};
     scalars_ = DeviceMemory(sizeof scalars);
@@ -47,65 +112,13 @@ class CudaLinear final : public Nvfp4Linear {
 
   const LinearConfig& config() const override { return config_; }
   Device device() const override { return Device::kCuda; }
-  size_t workspace_bytes() const override {
-    return config_.mode == QuantMode::kW4A4
-               ? kXqOffset + size_t(config_.max_tokens * config_.in_features) * 2
-               : 0;
-  }
+  size_t workspace_bytes() const override { return linear_workspace_bytes(config_); }
 
   void forward(int64_t tokens, const uint16_t* x, uint16_t* out, void* workspace,
-               void* stream_handle) override {
-    require(tokens >= 0 && tokens <= config_.max_tokens, ErrorKind::kInvalidArgument,
-            "linear: {} tokens, but the layer was configured for at most {}", tokens,
-            config_.max_tokens);
-    if (tokens == 0) return;
-    const auto stream = static_cast<cudaStream_t>(stream_handle);
-    const bool w4a4 = config_.mode == QuantMode::kW4A4;
-    require(!w4a4 || workspace != nullptr, ErrorKind::kInvalidArgument,
-            "linear: W4A4 needs a workspace of workspace_bytes() = {}", workspace_bytes());
-    GemmParams p;
-    p.codes = codes_.get();
-    p.scales = scales_.get();
-    p.row_groups = static_cast<int32_t>(shape_.row_groups());
-    p.k_chunks = static_cast<int32_t>(shape_.k_chunks());
-    p.k = static_cast<int32_t>(shape_.k);
-    p.b = x;
-    p.b_row_stride = config_.in_features;
-    p.implicit_rows = static_cast<int32_t>(tokens);
-    p.weight_scale = scalars_.get<float>();
-    p.out = out;
-    p.out_row_stride = config_.out_features;
-    if (w4a4) {
-      auto* amax = static_cast<uint32_t*>(workspace);
-      auto* xq = reinterpret_cast<uint16_t*>(static_cast<uint8_t*>(workspace) + kXqOffset);
-      QuantizeSource source;
-      source.input = x;
-      source.input_row_stride = config_.in_features;
-      source.cols = static_cast<int32_t>(config_.in_features);
-      source.max_rows = tokens;
-      source.error_flags = error_flags_.get<uint32_t>();
-      if (config_.activation_scale == ActivationScale::kDynamic) {
-        NVFP4MOE_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream));
-        NVFP4MOE_CUDA_CHECK(launch_amax(source, amax, stream));
-        source.scale_source = ActivationScaleSource::kFromAmax;
-        source.amax_bits = amax;
-        p.act_source = ActivationScaleSource::kFromAmax;
-        p.act_amax_bits = amax;
-      } else {
-        // The static scale sits in scalars_[1]: "per expert" with expert 0.
-        source.scale_source = ActivationScaleSource::kPerExpert;
-        source.per_expert_scale = scalars_.get<float>() + 1;  // row_expert null: expert 0
-        p.act_source = ActivationScaleSource::kPerExpert;
-        p.act_scale = scalars_.get<float>() + 1;
-      }
-      NVFP4MOE_CUDA_CHECK(launch_quantize_dequantize(source, xq, config_.in_features, stream));
-      p.b = xq;
-    }
-    const GemmShapeId shape = select_gemm_shape(tokens, 1);
-    const int tile_tokens = gemm_shape(shape).tile_tokens;
-    NVFP4MOE_CUDA_CHECK(
-        launch_grouped_gemm(shape, Epilogue::kLinear, p,
-                            static_cast<int>((tokens + tile_tokens - 1) / tile_tokens), stream));
+               void* stream) override {
+    linear_forward(config_, codes_.get<uint8_t>(), scales_.get<uint8_t>(), scalars_.get<float>(),
+                   scalars_.get<float>() + 1, tokens, x, out, workspace,
+                   error_flags_.get<uint32_t>(), static_cast<cudaStream_t>(stream));
   }
 
   void check_errors(void* stream_handle) override {
@@ -113,8 +126,7 @@ class CudaLinear final : public Nvfp4Linear {
     uint32_t flags = 0;
     copy_to_host(&flags, error_flags_.get(), sizeof flags);
     device_memset(error_flags_.get(), 0, sizeof flags);
-    require(!(flags & kErrorNonFiniteActivation), ErrorKind::kInvalidArgument,
-            "linear: W4A4 met NaN or Inf activations to quantize");
+    raise_device_errors(flags, 0, "linear");
   }
 
  private:

@@ -134,6 +134,10 @@ __global__ void quantize_kernel(const QuantizeSource s, uint16_t* dequantized,
   }
 }
 
+__global__ void amax_to_global_scale_kernel(float* value) {
+  *value = nvfp4_dynamic_global_scale(__uint_as_float(*reinterpret_cast<const uint32_t*>(value)));
+}
+
 int grid_for(const QuantizeSource& s) {
   const int64_t total = s.max_rows * (s.cols / 16);
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 4096));
@@ -160,6 +164,11 @@ cudaError_t launch_quantize_nvfp4(const QuantizeSource& source, uint8_t* values,
   if (source.max_rows <= 0) return cudaSuccess;
   quantize_kernel<true>
       <<<grid_for(source), kThreads, 0, stream>>>(source, nullptr, 0, values, scales);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_amax_to_global_scale(float* amax_then_scale, cudaStream_t stream) {
+  amax_to_global_scale_kernel<<<1, 1, 0, stream>>>(amax_then_scale);
   return cudaGetLastError();
 }
 

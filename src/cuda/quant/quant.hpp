@@ -40,6 +40,10 @@ cudaError_t launch_amax(const QuantizeSource& source, uint32_t* amax_bits, cudaS
 cudaError_t launch_quantize_dequantize(const QuantizeSource& source, uint16_t* output,
                                        int64_t output_row_stride, cudaStream_t stream);
 
+// Turns the amax word written by launch_amax into the dynamic global scale amax / 2688, in
+// place (one thread).
+cudaError_t launch_amax_to_global_scale(float* amax_then_scale, cudaStream_t stream);
+
 // Quantize to packed NVFP4: values [rows, cols/2], scales [rows, cols/16] (DESIGN §3 layout).
 cudaError_t launch_quantize_nvfp4(const QuantizeSource& source, uint8_t* values, uint8_t* scales,
                                   cudaStream_t stream);

@@ -1,0 +1,56 @@
+// The CUDA MoE forward as free functions over device pointers, for the owning runner and for
+// bindings whose tensors own the memory (the torch ops). Host code: never allocates, never
+// synchronizes (preparation excepted, which runs once at load time).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "cuda/common/prepared_layout.hpp"
+#include "nvfp4moe/moe.hpp"
+
+namespace nvfp4moe::cuda {
+
+// Expert weights in the prepared layout (prepared_layout.hpp), on the device.
+struct PreparedMoeWeights {
+  const uint8_t* gate_up_codes = nullptr;   // E * PreparedShape{2I, H}.code_bytes()
+  const uint8_t* gate_up_scales = nullptr;  // E * PreparedShape{2I, H}.scale_bytes()
+  const uint8_t* down_codes = nullptr;      // E * PreparedShape{H, I}.code_bytes()
+  const uint8_t* down_scales = nullptr;
+  const float* gate_scale = nullptr;           // [E]
+  const float* up_scale = nullptr;             // [E]
+  const float* down_scale = nullptr;           // [E]
+  const float* gate_up_input_scale = nullptr;  // [E], static W4A4 only
+  const float* down_input_scale = nullptr;     // [E], static W4A4 only
+};
+
+// Prepares `experts` stacked matrices [rows, k] given in DESIGN §3's layout on the device into
+// `codes`/`scale_codes` (each experts * PreparedShape{rows, k} bytes). gate_up: each matrix is
+// [gate rows; up rows], interleaved for the fused activation. Block scales must already be
+// checked (finite, >= 0).
+void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t experts, int64_t rows,
+                      int64_t k, bool gate_up, uint8_t* codes, uint8_t* scale_codes,
+                      cudaStream_t stream);
+
+// Workspace bytes of moe_forward: a pure function of the config.
+size_t moe_workspace_bytes(const MoeConfig& config);
+
+// A step the caller inserts into the forward: under expert parallelism, dynamic W4A4 needs the
+// intermediate's amax over every rank's experts (the batch's), not this rank's alone; the hook
+// receives the amax word (bits of a float >= 0) once this rank's is computed, and the stream.
+using AmaxHook = std::function<void(uint32_t* amax_bits, cudaStream_t stream)>;
+
+// The forward. With `sums` null, args.output [T, H] bf16 gets the layer's output; otherwise
+// sums [T, H] fp32 gets the sums before rounding (and args.output is not used). Input problems
+// the device finds (ids out of range, non-finite W4A4 activations) set bits in *error_flags
+// (route.hpp) and the offending slots are skipped.
+void moe_forward(const MoeConfig& config, const PreparedMoeWeights& weights,
+                 const MoeForwardArgs& args, float* sums, void* workspace, uint32_t* error_flags,
+                 cudaStream_t stream, const AmaxHook& intermediate_amax_hook = {});
+
+// Throws Error for the bits of an error word read back from the device.
+void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what);
+
+}  // namespace nvfp4moe::cuda
