@@ -68,11 +68,11 @@ class NcclMoe final : public DistributedMoe {
             "distributed forward: {} tokens on rank {}, but at most {} per rank", args.num_tokens,
             options_.rank, options_.max_tokens_per_rank);
     if (args.num_tokens == 0) return;
-    require(workspace != nullptr && args.hidden && args.topk_ids && args.topk_weights &&
-                args.output,
-            ErrorKind::kInvalidArgument,
-            "distributed forward: workspace, hidden, topk_ids, topk_weights and output are "
-            "required");
+    require(
+        workspace != nullptr && args.hidden && args.topk_ids && args.topk_weights && args.output,
+        ErrorKind::kInvalidArgument,
+        "distributed forward: workspace, hidden, topk_ids, topk_weights and output are "
+        "required");
     const auto stream = static_cast<cudaStream_t>(stream_handle);
     auto* base = static_cast<uint8_t*>(workspace);
     const int64_t tokens = args.num_tokens, k = config_.top_k, hidden = config_.hidden;
@@ -83,11 +83,11 @@ class NcclMoe final : public DistributedMoe {
     nccl.check(nccl.all_gather(args.hidden, base + hidden_, size_t(tokens * hidden), ncclBfloat16,
                                comm, stream),
                "ncclAllGather (hidden)");
-    nccl.check(nccl.all_gather(args.topk_ids, base + ids_, size_t(tokens * k), ncclInt32, comm,
-                               stream),
-               "ncclAllGather (topk_ids)");
-    nccl.check(nccl.all_gather(args.topk_weights, base + weights_, size_t(tokens * k),
-                               ncclFloat32, comm, stream),
+    nccl.check(
+        nccl.all_gather(args.topk_ids, base + ids_, size_t(tokens * k), ncclInt32, comm, stream),
+        "ncclAllGather (topk_ids)");
+    nccl.check(nccl.all_gather(args.topk_weights, base + weights_, size_t(tokens * k), ncclFloat32,
+                               comm, stream),
                "ncclAllGather (topk_weights)");
     nccl.check(nccl.group_end(), "ncclGroupEnd");
 
@@ -97,7 +97,13 @@ class NcclMoe final : public DistributedMoe {
     all.topk_ids = reinterpret_cast<const int32_t*>(base + ids_);
     all.topk_weights = reinterpret_cast<const float*>(base + weights_);
     auto* sums = reinterpret_cast<float*>(base + sums_);
-    runner_->forward_sums(all, sums, base + runner_workspace_, stream);
+    // Dynamic W4A4 quantizes the intermediate with the amax of the whole batch: every rank's
+    // experts, so the ranks agree on it (as uint32 bits: floats >= 0 order like them).
+    auto batch_amax = [&](uint32_t* amax_bits, cudaStream_t s) {
+      nccl.check(nccl.all_reduce(amax_bits, amax_bits, 1, ncclUint32, ncclMax, comm, s),
+                 "ncclAllReduce (intermediate amax)");
+    };
+    runner_->forward_sums(all, sums, base + runner_workspace_, stream, batch_amax);
 
     auto* reduced = reinterpret_cast<float*>(base + reduced_);
     nccl.check(nccl.reduce_scatter(sums, reduced, size_t(tokens * hidden), ncclFloat32, ncclSum,

@@ -40,6 +40,7 @@ NcclApi::NcclApi() {
   resolve(comm_destroy, "ncclCommDestroy");
   resolve(all_gather, "ncclAllGather");
   resolve(reduce_scatter, "ncclReduceScatter");
+  resolve(all_reduce, "ncclAllReduce");
   resolve(group_start, "ncclGroupStart");
   resolve(group_end, "ncclGroupEnd");
   resolve(error_string, "ncclGetErrorString");
