@@ -1,0 +1,566 @@
+// The torch ops of nvfp4moe. Schemas only, and adapters from tensors to the library's raw
+// pointers: every check beyond "is this tensor what the schema says" and every computation is
+// the library's. Outputs are preallocated by the caller and marked Tensor!; the fake (meta)
+// implementations live in python/nvfp4moe/_ops.py.
+//
+//   quantize(x, global_scale?, values!, scales!, global_scale_out!)      NVFP4 quantization
+//   prepare_weights(values, scales, gate_up, codes!, scale_codes!)        weights -> kernel layout
+//   prepared_bytes(rows, k, device) -> (codes, scales)                   its sizes, per matrix
+//   moe_forward(hidden, topk_ids, topk_weights, <prepared weights>, ..., workspace!, errors!, out!)
+//   moe_workspace_bytes(<config>, device) -> int
+//   linear(x, <prepared weight>, ..., workspace!, errors!, out!)          dense NVFP4 linear
+//   linear_workspace_bytes(<config>, device) -> int
+//   read_errors(errors!) -> int                                           device error word
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "cuda/common/prepared_layout.hpp"
+#include "cuda/linear_forward.hpp"
+#include "cuda/moe_forward.hpp"
+#include "cuda/quant/quant.hpp"
+#include "nvfp4moe/error.hpp"
+#include "nvfp4moe/linear.hpp"
+#include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/quantize.hpp"
+#include "nvfp4moe/runtime.hpp"
+
+namespace nvfp4moe::torch_ops {
+
+namespace {
+
+// Library errors become Python exceptions of the matching kind.
+template <typename F>
+auto translating(F&& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kInvalidArgument || e.kind() == ErrorKind::kInvalidFile) {
+      TORCH_CHECK_VALUE(false, e.what());
+    }
+    if (e.kind() == ErrorKind::kUnsupported) TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+void expect(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "nvfp4moe: ", name, " must be ", dtype, ", got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == device, "nvfp4moe: ", name, " is on ", t.device(),
+                    " but the other inputs are on ", device);
+  TORCH_CHECK_VALUE(t.is_contiguous(), "nvfp4moe: ", name, " must be contiguous");
+}
+
+void expect_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, "nvfp4moe: ", name, " has shape ", t.sizes(), ", expected ",
+                    shape);
+}
+
+void expect_bytes(const at::Tensor& t, const char* name, int64_t bytes) {
+  TORCH_CHECK_VALUE(t.nbytes() == size_t(bytes), "nvfp4moe: ", name, " has ", t.nbytes(),
+                    " bytes, expected ", bytes);
+}
+
+// Block scales may arrive as uint8 or as float8_e4m3fn (ModelOpt checkpoints): same bytes.
+void expect_scales(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kByte || t.scalar_type() == at::kFloat8_e4m3fn,
+                   "nvfp4moe: ", name, " must be uint8 or float8_e4m3fn, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == device, "nvfp4moe: ", name, " is on ", t.device(),
+                    " but the other inputs are on ", device);
+  TORCH_CHECK_VALUE(t.is_contiguous(), "nvfp4moe: ", name, " must be contiguous");
+}
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
+}
+
+cudaStream_t stream_of(const at::Tensor& t) {
+  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+MoeConfig moe_config(int64_t num_experts, int64_t num_local_experts, int64_t first_local_expert,
+                     int64_t hidden, int64_t intermediate, int64_t top_k, int64_t max_tokens,
+                     int64_t mode, int64_t activation_scale, int64_t activation,
+                     double swiglu_limit) {
+  TORCH_CHECK_VALUE(mode == 0 || mode == 1, "nvfp4moe: mode ", mode,
+                    ", expected 0 (W4A16) or 1 (W4A4)");
+  TORCH_CHECK_VALUE(activation_scale == 0 || activation_scale == 1, "nvfp4moe: activation_scale ",
+                    activation_scale, ", expected 0 (dynamic) or 1 (static)");
+  TORCH_CHECK_VALUE(activation == 0 || activation == 1, "nvfp4moe: activation ", activation,
+                    ", expected 0 (silu) or 1 (swiglu_clamped)");
+  MoeConfig c;
+  c.num_experts = num_experts;
+  c.num_local_experts = num_local_experts;
+  c.first_local_expert = first_local_expert;
+  c.hidden = hidden;
+  c.intermediate = intermediate;
+  c.top_k = top_k;
+  c.max_tokens = max_tokens;
+  c.mode = mode == 0 ? QuantMode::kW4A16 : QuantMode::kW4A4;
+  c.activation_scale = activation_scale == 0 ? ActivationScale::kDynamic : ActivationScale::kStatic;
+  c.activation = activation == 0 ? Activation::kSilu : Activation::kSwigluClamped;
+  c.swiglu_limit = static_cast<float>(swiglu_limit);
+  translating([&] { c.validate(); });
+  return c;
+}
+
+// ---- quantize ------------------------------------------------------------------------------
+
+void quantize_common(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales,
+                     const at::Tensor& global_scale_out) {
+  TORCH_CHECK_VALUE(x.dim() == 2, "nvfp4moe.quantize: x must be 2-D [rows, cols], got ", x.dim(),
+                    " dimensions");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+                   "nvfp4moe.quantize: x must be bfloat16 or float32, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.is_contiguous(), "nvfp4moe.quantize: x must be contiguous");
+  TORCH_CHECK_VALUE(x.size(1) % 16 == 0, "nvfp4moe.quantize: cols = ", x.size(1),
+                    " is not a multiple of 16");
+  expect(values, "values", at::kByte, x.device());
+  expect_scales(scales, "scales", x.device());
+  expect(global_scale_out, "global_scale_out", at::kFloat, x.device());
+  expect_shape(values, "values", {x.size(0), x.size(1) / 2});
+  expect_shape(scales, "scales", {x.size(0), x.size(1) / 16});
+  TORCH_CHECK_VALUE(global_scale_out.numel() == 1,
+                    "nvfp4moe.quantize: global_scale_out must "
+                    "hold one element");
+}
+
+void quantize_cpu(const at::Tensor& x, std::optional<double> global_scale, at::Tensor values,
+                  at::Tensor scales, at::Tensor global_scale_out) {
+  quantize_common(x, values, scales, global_scale_out);
+  translating([&] {
+    const at::Tensor x32 = x.to(at::kFloat).contiguous();
+    const std::span<const float> input(ptr<const float>(x32), size_t(x32.numel()));
+    const float g = global_scale ? static_cast<float>(*global_scale)
+                                 : nvfp4_dynamic_global_scale(finite_amax(input, "x"));
+    quantize_nvfp4(input, x.size(0), x.size(1), g, std::span(ptr<uint8_t>(values), values.nbytes()),
+                   std::span(ptr<uint8_t>(scales), scales.nbytes()));
+    *ptr<float>(global_scale_out) = g;
+  });
+}
+
+void quantize_cuda(const at::Tensor& x, std::optional<double> global_scale, at::Tensor values,
+                   at::Tensor scales, at::Tensor global_scale_out) {
+  quantize_common(x, values, scales, global_scale_out);
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = stream_of(x);
+  cuda::QuantizeSource source;
+  source.input = x.data_ptr();
+  source.input_is_f32 = x.scalar_type() == at::kFloat;
+  source.input_row_stride = x.size(1);
+  source.max_rows = x.size(0);
+  source.cols = static_cast<int32_t>(x.size(1));
+  auto* out_g = ptr<float>(global_scale_out);
+  translating([&] {
+    if (global_scale) {
+      const auto g = static_cast<float>(*global_scale);
+      TORCH_CHECK_VALUE(std::isfinite(g) && g > 0, "nvfp4moe.quantize: global_scale ", g,
+                        " must be finite and > 0");
+      source.scale_source = cuda::ActivationScaleSource::kOne;
+      source.static_scale = g;
+      global_scale_out.fill_(g);
+    } else {
+      // The amax goes through global_scale_out's bytes, then becomes the scale in place.
+      auto* amax = reinterpret_cast<uint32_t*>(out_g);
+      C10_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream));
+      C10_CUDA_CHECK(cuda::launch_amax(source, amax, stream));
+      source.scale_source = cuda::ActivationScaleSource::kFromAmax;
+      source.amax_bits = amax;
+    }
+    C10_CUDA_CHECK(
+        cuda::launch_quantize_nvfp4(source, ptr<uint8_t>(values), ptr<uint8_t>(scales), stream));
+    if (!global_scale) C10_CUDA_CHECK(cuda::launch_amax_to_global_scale(out_g, stream));
+  });
+}
+
+// ---- weight preparation --------------------------------------------------------------------
+
+std::tuple<int64_t, int64_t> prepared_bytes(int64_t rows, int64_t k, c10::string_view device) {
+  TORCH_CHECK_VALUE(rows % 16 == 0 && k % 16 == 0 && rows > 0 && k > 0,
+                    "nvfp4moe.prepared_bytes: rows ", rows, " and k ", k,
+                    " must be positive multiples of 16");
+  if (device == "cpu") return {rows * k / 2, rows * k / 16};  // the CPU reads the checkpoint layout
+  const cuda::PreparedShape shape{rows, k};
+  return {shape.code_bytes(), shape.scale_bytes()};
+}
+
+// values [E, rows, k/2] (or [rows, k/2]), scales [E, rows, k/16].
+void prepare_common(const at::Tensor& values, const at::Tensor& scales, at::Tensor& codes,
+                    at::Tensor& scale_codes, int64_t& experts, int64_t& rows, int64_t& k) {
+  TORCH_CHECK_VALUE(values.dim() == 2 || values.dim() == 3,
+                    "nvfp4moe.prepare_weights: values must be [rows, k/2] or [E, rows, k/2]");
+  expect(values, "values", at::kByte, values.device());
+  expect_scales(scales, "scales", values.device());
+  experts = values.dim() == 3 ? values.size(0) : 1;
+  rows = values.size(-2);
+  k = values.size(-1) * 2;
+  TORCH_CHECK_VALUE(scales.numel() == experts * rows * k / 16,
+                    "nvfp4moe.prepare_weights: scales "
+                    "have ",
+                    scales.numel(), " elements, expected ", experts * rows * k / 16);
+  expect(codes, "codes", at::kByte, values.device());
+  expect(scale_codes, "scale_codes", at::kByte, values.device());
+  const auto [code_bytes, scale_bytes] = prepared_bytes(rows, k, values.is_cuda() ? "cuda" : "cpu");
+  expect_bytes(codes, "codes", experts * code_bytes);
+  expect_bytes(scale_codes, "scale_codes", experts * scale_bytes);
+}
+
+// Block scales must be finite E4M3 values >= 0; checked on the host once, at load time.
+void check_block_scales(const at::Tensor& scales) {
+  const at::Tensor host = scales.view(at::kByte).cpu().contiguous();
+  const auto* bytes = ptr<const uint8_t>(host);
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    const uint8_t code = bytes[i];
+    TORCH_CHECK_VALUE((code & 0x7F) != 0x7F && (!(code & 0x80) || code == 0x80),
+                      "nvfp4moe.prepare_weights: block scale ", i, " is 0x", std::hex, int(code),
+                      ", not a finite E4M3 value >= 0");
+  }
+}
+
+void prepare_weights_cpu(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
+                         at::Tensor codes, at::Tensor scale_codes) {
+  int64_t experts, rows, k;
+  prepare_common(values, scales, codes, scale_codes, experts, rows, k);
+  TORCH_CHECK_VALUE(!gate_up || rows % 32 == 0, "nvfp4moe.prepare_weights: gate_up rows ", rows,
+                    " must be a multiple of 32");
+  check_block_scales(scales);
+  codes.view({-1}).copy_(values.view({-1}));
+  scale_codes.view({-1}).copy_(scales.view(at::kByte).view({-1}));
+}
+
+void prepare_weights_cuda(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
+                          at::Tensor codes, at::Tensor scale_codes) {
+  int64_t experts, rows, k;
+  prepare_common(values, scales, codes, scale_codes, experts, rows, k);
+  TORCH_CHECK_VALUE(!gate_up || rows % 32 == 0, "nvfp4moe.prepare_weights: gate_up rows ", rows,
+                    " must be a multiple of 32");
+  check_block_scales(scales);
+  const c10::cuda::CUDAGuard guard(values.device());
+  translating([&] {
+    cuda::prepare_matrices(ptr<const uint8_t>(values), ptr<const uint8_t>(scales), experts, rows, k,
+                           gate_up, ptr<uint8_t>(codes), ptr<uint8_t>(scale_codes),
+                           stream_of(values));
+  });
+}
+
+// ---- MoE forward ---------------------------------------------------------------------------
+
+struct MoeTensors {
+  const at::Tensor& hidden;
+  const at::Tensor& topk_ids;
+  const at::Tensor& topk_weights;
+  const at::Tensor& w13_codes;
+  const at::Tensor& w13_scale_codes;
+  const at::Tensor& w13_global_scale;
+  const at::Tensor& w2_codes;
+  const at::Tensor& w2_scale_codes;
+  const at::Tensor& w2_global_scale;
+  const std::optional<at::Tensor>& w13_input_scale;
+  const std::optional<at::Tensor>& w2_input_scale;
+  const at::Tensor& workspace;
+  const at::Tensor& errors;
+  const at::Tensor& out;
+};
+
+// Shapes, dtypes and devices against the config; returns the token count.
+int64_t check_moe(const MoeTensors& t, const MoeConfig& c) {
+  const at::Device device = t.hidden.device();
+  expect(t.hidden, "hidden_states", at::kBFloat16, device);
+  TORCH_CHECK_VALUE(t.hidden.dim() == 2 && t.hidden.size(1) == c.hidden,
+                    "nvfp4moe: hidden_states has shape ", t.hidden.sizes(), ", expected [T, ",
+                    c.hidden, "]");
+  const int64_t tokens = t.hidden.size(0);
+  expect(t.topk_ids, "topk_ids", at::kInt, device);
+  expect_shape(t.topk_ids, "topk_ids", {tokens, c.top_k});
+  expect(t.topk_weights, "topk_weights", at::kFloat, device);
+  expect_shape(t.topk_weights, "topk_weights", {tokens, c.top_k});
+  const int64_t e = c.num_local_experts;
+  const std::string kind = device.is_cuda() ? "cuda" : "cpu";
+  const auto [w13_code_bytes, w13_scale_bytes] = prepared_bytes(2 * c.intermediate, c.hidden, kind);
+  const auto [w2_code_bytes, w2_scale_bytes] = prepared_bytes(c.hidden, c.intermediate, kind);
+  expect(t.w13_codes, "w13 codes", at::kByte, device);
+  expect_bytes(t.w13_codes, "w13 codes", e * w13_code_bytes);
+  expect(t.w13_scale_codes, "w13 scale codes", at::kByte, device);
+  expect_bytes(t.w13_scale_codes, "w13 scale codes", e * w13_scale_bytes);
+  expect(t.w2_codes, "w2 codes", at::kByte, device);
+  expect_bytes(t.w2_codes, "w2 codes", e * w2_code_bytes);
+  expect(t.w2_scale_codes, "w2 scale codes", at::kByte, device);
+  expect_bytes(t.w2_scale_codes, "w2 scale codes", e * w2_scale_bytes);
+  expect(t.w13_global_scale, "w13 global scale", at::kFloat, device);
+  expect_shape(t.w13_global_scale, "w13 global scale", {2, e});
+  expect(t.w2_global_scale, "w2 global scale", at::kFloat, device);
+  expect_shape(t.w2_global_scale, "w2 global scale", {e});
+  for (const auto& [scale, name] : {std::pair{&t.w13_input_scale, "w13 input scale"},
+                                    std::pair{&t.w2_input_scale, "w2 input scale"}}) {
+    if (scale->has_value()) {
+      expect(**scale, name, at::kFloat, device);
+      expect_shape(**scale, name, {e});
+    } else {
+      TORCH_CHECK_VALUE(
+          !(c.mode == QuantMode::kW4A4 && c.activation_scale == ActivationScale::kStatic),
+          "nvfp4moe: static W4A4 needs the ", name);
+    }
+  }
+  expect(t.workspace, "workspace", at::kByte, device);
+  expect(t.errors, "error word", at::kInt, device);
+  TORCH_CHECK_VALUE(t.errors.numel() == 1, "nvfp4moe: the error word holds one int32");
+  expect(t.out, "out", at::kBFloat16, device);
+  expect_shape(t.out, "out", {tokens, c.hidden});
+  return tokens;
+}
+
+int64_t moe_workspace_bytes(int64_t num_experts, int64_t num_local_experts,
+                            int64_t first_local_expert, int64_t hidden, int64_t intermediate,
+                            int64_t top_k, int64_t max_tokens, int64_t mode,
+                            int64_t activation_scale, c10::string_view device) {
+  const MoeConfig c = moe_config(num_experts, num_local_experts, first_local_expert, hidden,
+                                 intermediate, top_k, max_tokens, mode, activation_scale, 0, 10.0);
+  return translating([&] {
+    return static_cast<int64_t>(workspace_bytes(device == "cpu" ? Device::kCpu : Device::kCuda, c));
+  });
+}
+
+#define NVFP4MOE_MOE_ARGS                                                                   \
+  const at::Tensor &hidden, const at::Tensor &topk_ids, const at::Tensor &topk_weights,     \
+      const at::Tensor &w13_codes, const at::Tensor &w13_scale_codes,                       \
+      const at::Tensor &w13_global_scale, const at::Tensor &w2_codes,                       \
+      const at::Tensor &w2_scale_codes, const at::Tensor &w2_global_scale,                  \
+      const std::optional<at::Tensor>&w13_input_scale,                                      \
+      const std::optional<at::Tensor>&w2_input_scale, int64_t num_experts,                  \
+      int64_t first_local_expert, int64_t hidden_size, int64_t intermediate, int64_t top_k, \
+      int64_t max_tokens, int64_t mode, int64_t activation_scale, int64_t activation,       \
+      double swiglu_limit, at::Tensor workspace, at::Tensor errors, at::Tensor out
+
+MoeConfig config_from(const at::Tensor& hidden, const at::Tensor& topk_ids,
+                      const at::Tensor& w2_global_scale, int64_t num_experts,
+                      int64_t first_local_expert, int64_t hidden_size, int64_t intermediate,
+                      int64_t top_k, int64_t max_tokens, int64_t mode, int64_t activation_scale,
+                      int64_t activation, double swiglu_limit) {
+  TORCH_CHECK_VALUE(hidden.dim() == 2 && hidden.size(1) == hidden_size,
+                    "nvfp4moe: hidden_states has shape ", hidden.sizes(), ", expected [T, ",
+                    hidden_size, "]");
+  TORCH_CHECK_VALUE(
+      topk_ids.dim() == 2 && topk_ids.size(0) == hidden.size(0) && topk_ids.size(1) == top_k,
+      "nvfp4moe: topk_ids has shape ", topk_ids.sizes(), ", expected [", hidden.size(0), ", ",
+      top_k, "]");
+  TORCH_CHECK_VALUE(w2_global_scale.dim() == 1, "nvfp4moe: the w2 global scale must be 1-D [E]");
+  return moe_config(num_experts, w2_global_scale.size(0), first_local_expert, hidden_size,
+                    intermediate, top_k, max_tokens, mode, activation_scale, activation,
+                    swiglu_limit);
+}
+
+void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
+  const MoeConfig c = config_from(hidden, topk_ids, w2_global_scale, num_experts,
+                                  first_local_expert, hidden_size, intermediate, top_k, max_tokens,
+                                  mode, activation_scale, activation, swiglu_limit);
+  const MoeTensors t{hidden,          topk_ids,
+                     topk_weights,    w13_codes,
+                     w13_scale_codes, w13_global_scale,
+                     w2_codes,        w2_scale_codes,
+                     w2_global_scale, w13_input_scale,
+                     w2_input_scale,  workspace,
+                     errors,          out};
+  const int64_t tokens = check_moe(t, c);
+  translating([&] {
+    MoeWeightsView w;
+    w.gate_up_values = ptr<const uint8_t>(w13_codes);
+    w.gate_up_scales = ptr<const uint8_t>(w13_scale_codes);
+    w.gate_global_scale = ptr<const float>(w13_global_scale);
+    w.up_global_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
+    w.down_values = ptr<const uint8_t>(w2_codes);
+    w.down_scales = ptr<const uint8_t>(w2_scale_codes);
+    w.down_global_scale = ptr<const float>(w2_global_scale);
+    w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
+    w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
+    auto runner = make_cpu_runner(c, w);
+    TORCH_CHECK_VALUE(workspace.nbytes() >= runner->workspace_bytes(), "nvfp4moe: workspace has ",
+                      workspace.nbytes(), " bytes, the layer needs ", runner->workspace_bytes());
+    runner->forward({tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
+                     ptr<const float>(topk_weights), ptr<uint16_t>(out)},
+                    workspace.data_ptr(), nullptr);
+  });
+}
+
+void moe_forward_cuda(NVFP4MOE_MOE_ARGS) {
+  const MoeConfig c = config_from(hidden, topk_ids, w2_global_scale, num_experts,
+                                  first_local_expert, hidden_size, intermediate, top_k, max_tokens,
+                                  mode, activation_scale, activation, swiglu_limit);
+  const MoeTensors t{hidden,          topk_ids,
+                     topk_weights,    w13_codes,
+                     w13_scale_codes, w13_global_scale,
+                     w2_codes,        w2_scale_codes,
+                     w2_global_scale, w13_input_scale,
+                     w2_input_scale,  workspace,
+                     errors,          out};
+  const int64_t tokens = check_moe(t, c);
+  const auto needed = cuda::moe_workspace_bytes(c);
+  TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe: workspace has ", workspace.nbytes(),
+                    " bytes, the layer needs ", needed);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  translating([&] {
+    cuda::PreparedMoeWeights w;
+    w.gate_up_codes = ptr<const uint8_t>(w13_codes);
+    w.gate_up_scales = ptr<const uint8_t>(w13_scale_codes);
+    w.down_codes = ptr<const uint8_t>(w2_codes);
+    w.down_scales = ptr<const uint8_t>(w2_scale_codes);
+    w.gate_scale = ptr<const float>(w13_global_scale);
+    w.up_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
+    w.down_scale = ptr<const float>(w2_global_scale);
+    w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
+    w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
+    cuda::moe_forward(c, w,
+                      {tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
+                       ptr<const float>(topk_weights), ptr<uint16_t>(out)},
+                      nullptr, workspace.data_ptr(),
+                      reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(hidden));
+  });
+}
+
+// ---- dense linear --------------------------------------------------------------------------
+
+LinearConfig linear_config(int64_t in_features, int64_t out_features, int64_t max_tokens,
+                           int64_t mode, int64_t activation_scale) {
+  LinearConfig c{in_features, out_features, max_tokens,
+                 mode == 0 ? QuantMode::kW4A16 : QuantMode::kW4A4,
+                 activation_scale == 0 ? ActivationScale::kDynamic : ActivationScale::kStatic};
+  translating([&] { c.validate(); });
+  return c;
+}
+
+int64_t linear_workspace_bytes(int64_t in_features, int64_t out_features, int64_t max_tokens,
+                               int64_t mode, int64_t activation_scale, c10::string_view device) {
+  const LinearConfig c =
+      linear_config(in_features, out_features, max_tokens, mode, activation_scale);
+  return device == "cpu" ? 0 : static_cast<int64_t>(cuda::linear_workspace_bytes(c));
+}
+
+void check_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale_codes,
+                  const at::Tensor& global_scale, const std::optional<at::Tensor>& input_scale,
+                  const LinearConfig& c, const at::Tensor& errors, const at::Tensor& out) {
+  const at::Device device = x.device();
+  expect(x, "x", at::kBFloat16, device);
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == c.in_features, "nvfp4moe.linear: x has shape ",
+                    x.sizes(), ", expected [T, ", c.in_features, "]");
+  const auto [code_bytes, scale_bytes] =
+      prepared_bytes(c.out_features, c.in_features, device.is_cuda() ? "cuda" : "cpu");
+  expect(codes, "weight codes", at::kByte, device);
+  expect_bytes(codes, "weight codes", code_bytes);
+  expect(scale_codes, "weight scale codes", at::kByte, device);
+  expect_bytes(scale_codes, "weight scale codes", scale_bytes);
+  expect(global_scale, "weight global scale", at::kFloat, device);
+  TORCH_CHECK_VALUE(global_scale.numel() == 1, "nvfp4moe.linear: one weight global scale");
+  if (c.mode == QuantMode::kW4A4 && c.activation_scale == ActivationScale::kStatic) {
+    TORCH_CHECK_VALUE(input_scale.has_value() && input_scale->numel() == 1,
+                      "nvfp4moe.linear: static W4A4 needs one input scale");
+    expect(*input_scale, "input scale", at::kFloat, device);
+  }
+  expect(errors, "error word", at::kInt, device);
+  expect(out, "out", at::kBFloat16, device);
+  expect_shape(out, "out", {x.size(0), c.out_features});
+}
+
+#define NVFP4MOE_LINEAR_ARGS                                                            \
+  const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scale_codes,          \
+      const at::Tensor &global_scale, const std::optional<at::Tensor>&input_scale,      \
+      int64_t out_features, int64_t max_tokens, int64_t mode, int64_t activation_scale, \
+      at::Tensor workspace, at::Tensor errors, at::Tensor out
+
+void linear_cpu(NVFP4MOE_LINEAR_ARGS) {
+  const LinearConfig c =
+      linear_config(x.size(-1), out_features, max_tokens, mode, activation_scale);
+  check_linear(x, codes, scale_codes, global_scale, input_scale, c, errors, out);
+  (void)workspace;
+  translating([&] {
+    const NvFp4View weight{ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
+                           *ptr<const float>(global_scale), c.out_features, c.in_features};
+    auto layer =
+        make_linear(Device::kCpu, c, weight, input_scale ? *ptr<const float>(*input_scale) : 0.0f);
+    layer->forward(x.size(0), ptr<const uint16_t>(x), ptr<uint16_t>(out), nullptr, nullptr);
+  });
+}
+
+void linear_cuda(NVFP4MOE_LINEAR_ARGS) {
+  const LinearConfig c =
+      linear_config(x.size(-1), out_features, max_tokens, mode, activation_scale);
+  check_linear(x, codes, scale_codes, global_scale, input_scale, c, errors, out);
+  const auto needed = cuda::linear_workspace_bytes(c);
+  TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe.linear: workspace has ",
+                    workspace.nbytes(), " bytes, the layer needs ", needed);
+  const c10::cuda::CUDAGuard guard(x.device());
+  translating([&] {
+    cuda::linear_forward(c, ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
+                         ptr<const float>(global_scale),
+                         input_scale ? ptr<const float>(*input_scale) : nullptr, x.size(0),
+                         ptr<const uint16_t>(x), ptr<uint16_t>(out), workspace.data_ptr(),
+                         reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(x));
+  });
+}
+
+// Reads and clears the device error word; raises for what it holds. Synchronizes.
+void check_errors(at::Tensor errors, int64_t num_experts) {
+  TORCH_CHECK_TYPE(errors.scalar_type() == at::kInt && errors.numel() == 1,
+                   "nvfp4moe.check_errors: expects the int32 error word");
+  const uint32_t flags = static_cast<uint32_t>(errors.item<int32_t>());
+  errors.zero_();
+  translating([&] { cuda::raise_device_errors(flags, num_experts, "nvfp4moe"); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nvfp4moe, m) {
+  m.def(
+      "quantize(Tensor x, float? global_scale, Tensor(a!) values, Tensor(b!) scales, "
+      "Tensor(c!) global_scale_out) -> ()");
+  m.def(
+      "prepare_weights(Tensor values, Tensor scales, bool gate_up, Tensor(a!) codes, "
+      "Tensor(b!) scale_codes) -> ()");
+  m.def("prepared_bytes(int rows, int k, str device) -> (int, int)", &prepared_bytes);
+  m.def(
+      "moe_forward(Tensor hidden_states, Tensor topk_ids, Tensor topk_weights, "
+      "Tensor w13_codes, Tensor w13_scale_codes, Tensor w13_global_scale, Tensor w2_codes, "
+      "Tensor w2_scale_codes, Tensor w2_global_scale, Tensor? w13_input_scale, "
+      "Tensor? w2_input_scale, int num_experts, int first_local_expert, int hidden, "
+      "int intermediate, int top_k, "
+      "int max_tokens, int quant_mode, int activation_scale, int activation, float swiglu_limit, "
+      "Tensor(a!) workspace, Tensor(b!) errors, Tensor(c!) out) -> ()");
+  m.def(
+      "moe_workspace_bytes(int num_experts, int num_local_experts, int first_local_expert, "
+      "int hidden, int intermediate, int top_k, int max_tokens, int mode, "
+      "int activation_scale, str device) -> int",
+      &moe_workspace_bytes);
+  m.def(
+      "linear(Tensor x, Tensor codes, Tensor scale_codes, Tensor global_scale, "
+      "Tensor? input_scale, int out_features, int max_tokens, int quant_mode, int "
+      "activation_scale, "
+      "Tensor(a!) workspace, Tensor(b!) errors, Tensor(c!) out) -> ()");
+  m.def(
+      "linear_workspace_bytes(int in_features, int out_features, int max_tokens, int mode, "
+      "int activation_scale, str device) -> int",
+      &linear_workspace_bytes);
+  m.def("check_errors(Tensor(a!) errors, int num_experts) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(nvfp4moe, CPU, m) {
+  m.impl("quantize", &quantize_cpu);
+  m.impl("prepare_weights", &prepare_weights_cpu);
+  m.impl("moe_forward", &moe_forward_cpu);
+  m.impl("linear", &linear_cpu);
+  m.impl("check_errors", &check_errors);
+}
+
+TORCH_LIBRARY_IMPL(nvfp4moe, CUDA, m) {
+  m.impl("quantize", &quantize_cuda);
+  m.impl("prepare_weights", &prepare_weights_cuda);
+  m.impl("moe_forward", &moe_forward_cuda);
+  m.impl("linear", &linear_cuda);
+  m.impl("check_errors", &check_errors);
+}
+
+}  // namespace nvfp4moe::torch_ops
