@@ -294,3 +294,11 @@ def test_nan_block_scales_are_rejected_at_load():
     t["w2_weight_scale"].view(torch.uint8)[0, 0, 0] = 0x7F
     with pytest.raises(ValueError, match="not a finite E4M3"):
         nvfp4moe.Nvfp4MoE(**t, top_k=2, max_tokens=8)
+
+
+def test_the_readme_example_runs_as_written():
+    """Runs the README's Python example verbatim (on the GPU when there is one)."""
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    text = open(readme).read()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "README.md example", "exec"), {})
