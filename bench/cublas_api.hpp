@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "core/dynamic_library.hpp"
+
 namespace nvfp4moe::bench {
 
 class CublasApi {
@@ -17,7 +19,7 @@ class CublasApi {
   CublasApi& operator=(const CublasApi&) = delete;
 
   cublasHandle_t handle() const { return handle_; }
-  const std::string& library() const { return library_; }
+  const std::string& library() const { return library_.name(); }
 
   using SetStream = cublasStatus_t (*)(cublasHandle_t, cudaStream_t);
   using GemmEx = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int,
@@ -35,8 +37,7 @@ class CublasApi {
   GemmGroupedBatchedEx gemm_grouped_batched_ex = nullptr;  // null before cuBLAS 12.5
 
  private:
-  void* library_handle_ = nullptr;
-  std::string library_;
+  DynamicLibrary library_;
   cublasStatus_t (*create_)(cublasHandle_t*) = nullptr;
   cublasStatus_t (*destroy_)(cublasHandle_t) = nullptr;
   cublasHandle_t handle_ = nullptr;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "bench_util.hpp"
 #include "core/check.hpp"
 #include "core/parallel.hpp"
 #include "core/synthetic.hpp"
@@ -38,40 +39,6 @@ MoeWeights random_local_weights(const MoeConfig& layer, ExpertRange range) {
     w.gate_global_scale[e] = w.up_global_scale[e] = w.down_global_scale[e] = 1e-3f;
   });
   return w;
-}
-
-// Median of `repeats` graph replays after `warmup`, by events on `stream`.
-double time_graph(cudaGraphExec_t exec, cudaStream_t stream, int warmup, int repeats) {
-  cudaEvent_t start, stop;
-  NVFP4MOE_CUDA_CHECK(cudaEventCreate(&start));
-  NVFP4MOE_CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < warmup; ++i) NVFP4MOE_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  std::vector<float> times;
-  for (int i = 0; i < repeats; ++i) {
-    NVFP4MOE_CUDA_CHECK(cudaEventRecord(start, stream));
-    NVFP4MOE_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    NVFP4MOE_CUDA_CHECK(cudaEventRecord(stop, stream));
-    NVFP4MOE_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    NVFP4MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-template <typename F>
-cudaGraphExec_t capture(cudaStream_t stream, F&& enqueue) {
-  cudaGraph_t graph;
-  NVFP4MOE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  enqueue();
-  NVFP4MOE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  NVFP4MOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaGraphDestroy(graph);
-  return exec;
 }
 
 struct RankResult {
@@ -154,10 +121,11 @@ void run_distributed_bench(const BenchOptions& o, int max_world) {
             // cannot happen inside a capture: one eager forward first.
             NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());
             moe->forward(args, workspace.data(), stream);
-            cudaGraphExec_t layer_graph =
-                capture(stream, [&] { moe->forward(args, workspace.data(), stream); });
-            results[ti][r].layer_ms = time_graph(layer_graph, stream, o.warmup, o.repeats);
-            cudaGraphExecDestroy(layer_graph);
+            const auto layer_graph =
+                Graph::capture(stream, [&] { moe->forward(args, workspace.data(), stream); });
+            require(layer_graph.has_value(), ErrorKind::kCuda, "capturing the layer failed");
+            results[ti][r].layer_ms =
+                median_ms(stream, o.warmup, o.repeats, [&](int) { layer_graph->launch(stream); });
             moe->check_errors(stream);
             // The same rank's experts over all ranks' tokens, without communication. (The
             // hidden states of the other ranks do not matter for the time: rows are gathered.)
@@ -166,11 +134,13 @@ void run_distributed_bench(const BenchOptions& o, int max_world) {
             DeviceBuffer sums(Device::kCuda, size_t(all * layer.hidden) * 4);
             const MoeForwardArgs all_args{all, all_hidden.as<uint16_t>(), d_ids.as<int32_t>(),
                                           d_weights.as<float>(), nullptr};
-            cudaGraphExec_t local_graph = capture(stream, [&] {
+            const auto local_graph = Graph::capture(stream, [&] {
               local->forward_sums(all_args, sums.as<float>(), local_workspace.data(), stream);
             });
-            results[ti][r].local_ms = time_graph(local_graph, stream, o.warmup, o.repeats);
-            cudaGraphExecDestroy(local_graph);
+            require(local_graph.has_value(), ErrorKind::kCuda,
+                    "capturing the local experts failed");
+            results[ti][r].local_ms =
+                median_ms(stream, o.warmup, o.repeats, [&](int) { local_graph->launch(stream); });
           }
           cudaStreamDestroy(stream);
         } catch (const std::exception& e) {

@@ -10,7 +10,8 @@
 //   moe_workspace_bytes(<config>, device) -> int
 //   linear(x, <prepared weight>, ..., workspace!, errors!, out!)          dense NVFP4 linear
 //   linear_workspace_bytes(<config>, device) -> int
-//   read_errors(errors!) -> int                                           device error word
+// The CUDA ops record input problems they find (ids out of range, non-finite W4A4 activations)
+// in an int32 error word instead of stopping; nvfp4moe.check_errors reads it.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -191,9 +192,11 @@ std::tuple<int64_t, int64_t> prepared_bytes(int64_t rows, int64_t k, c10::string
   return {shape.code_bytes(), shape.scale_bytes()};
 }
 
-// values [E, rows, k/2] (or [rows, k/2]), scales [E, rows, k/16].
-void prepare_common(const at::Tensor& values, const at::Tensor& scales, at::Tensor& codes,
-                    at::Tensor& scale_codes, int64_t& experts, int64_t& rows, int64_t& k) {
+// values [E, rows, k/2] (or [rows, k/2]), scales [E, rows, k/16]. Block scales must be finite
+// E4M3 values >= 0: checked on the host, once, at load time.
+void prepare_common(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
+                    at::Tensor& codes, at::Tensor& scale_codes, int64_t& experts, int64_t& rows,
+                    int64_t& k) {
   TORCH_CHECK_VALUE(values.dim() == 2 || values.dim() == 3,
                     "nvfp4moe.prepare_weights: values must be [rows, k/2] or [E, rows, k/2]");
   expect(values, "values", at::kByte, values.device());
@@ -210,27 +213,18 @@ void prepare_common(const at::Tensor& values, const at::Tensor& scales, at::Tens
   const auto [code_bytes, scale_bytes] = prepared_bytes(rows, k, values.is_cuda() ? "cuda" : "cpu");
   expect_bytes(codes, "codes", experts * code_bytes);
   expect_bytes(scale_codes, "scale_codes", experts * scale_bytes);
-}
-
-// Block scales must be finite E4M3 values >= 0; checked on the host once, at load time.
-void check_block_scales(const at::Tensor& scales) {
+  TORCH_CHECK_VALUE(!gate_up || rows % 32 == 0, "nvfp4moe.prepare_weights: gate_up rows ", rows,
+                    " must be a multiple of 32");
   const at::Tensor host = scales.view(at::kByte).cpu().contiguous();
-  const auto* bytes = ptr<const uint8_t>(host);
-  for (int64_t i = 0; i < host.numel(); ++i) {
-    const uint8_t code = bytes[i];
-    TORCH_CHECK_VALUE((code & 0x7F) != 0x7F && (!(code & 0x80) || code == 0x80),
-                      "nvfp4moe.prepare_weights: block scale ", i, " is 0x", std::hex, int(code),
-                      ", not a finite E4M3 value >= 0");
-  }
+  translating([&] {
+    validate_block_scales(ptr<const uint8_t>(host), experts, rows, k / 16, "block scales");
+  });
 }
 
 void prepare_weights_cpu(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
                          at::Tensor codes, at::Tensor scale_codes) {
   int64_t experts, rows, k;
-  prepare_common(values, scales, codes, scale_codes, experts, rows, k);
-  TORCH_CHECK_VALUE(!gate_up || rows % 32 == 0, "nvfp4moe.prepare_weights: gate_up rows ", rows,
-                    " must be a multiple of 32");
-  check_block_scales(scales);
+  prepare_common(values, scales, gate_up, codes, scale_codes, experts, rows, k);
   codes.view({-1}).copy_(values.view({-1}));
   scale_codes.view({-1}).copy_(scales.view(at::kByte).view({-1}));
 }
@@ -238,10 +232,7 @@ void prepare_weights_cpu(const at::Tensor& values, const at::Tensor& scales, boo
 void prepare_weights_cuda(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
                           at::Tensor codes, at::Tensor scale_codes) {
   int64_t experts, rows, k;
-  prepare_common(values, scales, codes, scale_codes, experts, rows, k);
-  TORCH_CHECK_VALUE(!gate_up || rows % 32 == 0, "nvfp4moe.prepare_weights: gate_up rows ", rows,
-                    " must be a multiple of 32");
-  check_block_scales(scales);
+  prepare_common(values, scales, gate_up, codes, scale_codes, experts, rows, k);
   const c10::cuda::CUDAGuard guard(values.device());
   translating([&] {
     cuda::prepare_matrices(ptr<const uint8_t>(values), ptr<const uint8_t>(scales), experts, rows, k,
@@ -356,7 +347,20 @@ MoeConfig config_from(const at::Tensor& hidden, const at::Tensor& topk_ids,
                     swiglu_limit);
 }
 
-void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
+#define NVFP4MOE_MOE_ARG_NAMES                                                                  \
+  hidden, topk_ids, topk_weights, w13_codes, w13_scale_codes, w13_global_scale, w2_codes,       \
+      w2_scale_codes, w2_global_scale, w13_input_scale, w2_input_scale, num_experts,            \
+      first_local_expert, hidden_size, intermediate, top_k, max_tokens, mode, activation_scale, \
+      activation, swiglu_limit, workspace, errors, out
+
+struct CheckedMoe {
+  MoeConfig config;
+  int64_t tokens;
+};
+
+// Everything both backends check before computing: the config, every tensor against it, and
+// the workspace against workspace_bytes for the device.
+CheckedMoe check_moe_call(NVFP4MOE_MOE_ARGS) {
   const MoeConfig c = config_from(hidden, topk_ids, w2_global_scale, num_experts,
                                   first_local_expert, hidden_size, intermediate, top_k, max_tokens,
                                   mode, activation_scale, activation, swiglu_limit);
@@ -368,6 +372,15 @@ void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
                      w2_input_scale,  workspace,
                      errors,          out};
   const int64_t tokens = check_moe(t, c);
+  const size_t needed = translating(
+      [&] { return workspace_bytes(hidden.is_cuda() ? Device::kCuda : Device::kCpu, c); });
+  TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe: workspace has ", workspace.nbytes(),
+                    " bytes, the layer needs ", needed);
+  return {c, tokens};
+}
+
+void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
+  const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
   translating([&] {
     MoeWeightsView w;
     w.gate_up_values = ptr<const uint8_t>(w13_codes);
@@ -380,8 +393,6 @@ void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
     w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
     w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
     auto runner = make_cpu_runner(c, w);
-    TORCH_CHECK_VALUE(workspace.nbytes() >= runner->workspace_bytes(), "nvfp4moe: workspace has ",
-                      workspace.nbytes(), " bytes, the layer needs ", runner->workspace_bytes());
     runner->forward({tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
                      ptr<const float>(topk_weights), ptr<uint16_t>(out)},
                     workspace.data_ptr(), nullptr);
@@ -389,20 +400,7 @@ void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
 }
 
 void moe_forward_cuda(NVFP4MOE_MOE_ARGS) {
-  const MoeConfig c = config_from(hidden, topk_ids, w2_global_scale, num_experts,
-                                  first_local_expert, hidden_size, intermediate, top_k, max_tokens,
-                                  mode, activation_scale, activation, swiglu_limit);
-  const MoeTensors t{hidden,          topk_ids,
-                     topk_weights,    w13_codes,
-                     w13_scale_codes, w13_global_scale,
-                     w2_codes,        w2_scale_codes,
-                     w2_global_scale, w13_input_scale,
-                     w2_input_scale,  workspace,
-                     errors,          out};
-  const int64_t tokens = check_moe(t, c);
-  const auto needed = cuda::moe_workspace_bytes(c);
-  TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe: workspace has ", workspace.nbytes(),
-                    " bytes, the layer needs ", needed);
+  const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
   const c10::cuda::CUDAGuard guard(hidden.device());
   translating([&] {
     cuda::PreparedMoeWeights w;
@@ -503,15 +501,6 @@ void linear_cuda(NVFP4MOE_LINEAR_ARGS) {
   });
 }
 
-// Reads and clears the device error word; raises for what it holds. Synchronizes.
-void check_errors(at::Tensor errors, int64_t num_experts) {
-  TORCH_CHECK_TYPE(errors.scalar_type() == at::kInt && errors.numel() == 1,
-                   "nvfp4moe.check_errors: expects the int32 error word");
-  const uint32_t flags = static_cast<uint32_t>(errors.item<int32_t>());
-  errors.zero_();
-  translating([&] { cuda::raise_device_errors(flags, num_experts, "nvfp4moe"); });
-}
-
 }  // namespace
 
 TORCH_LIBRARY(nvfp4moe, m) {
@@ -544,7 +533,6 @@ TORCH_LIBRARY(nvfp4moe, m) {
       "linear_workspace_bytes(int in_features, int out_features, int max_tokens, int mode, "
       "int activation_scale, str device) -> int",
       &linear_workspace_bytes);
-  m.def("check_errors(Tensor(a!) errors, int num_experts) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nvfp4moe, CPU, m) {
@@ -552,7 +540,6 @@ TORCH_LIBRARY_IMPL(nvfp4moe, CPU, m) {
   m.impl("prepare_weights", &prepare_weights_cpu);
   m.impl("moe_forward", &moe_forward_cpu);
   m.impl("linear", &linear_cpu);
-  m.impl("check_errors", &check_errors);
 }
 
 TORCH_LIBRARY_IMPL(nvfp4moe, CUDA, m) {
@@ -560,7 +547,6 @@ TORCH_LIBRARY_IMPL(nvfp4moe, CUDA, m) {
   m.impl("prepare_weights", &prepare_weights_cuda);
   m.impl("moe_forward", &moe_forward_cuda);
   m.impl("linear", &linear_cuda);
-  m.impl("check_errors", &check_errors);
 }
 
 }  // namespace nvfp4moe::torch_ops

@@ -102,6 +102,11 @@ struct MoeWeights {
   MoeWeights slice(int64_t first, int64_t count) const;
 };
 
+// Checks `matrices` stacked [rows, blocks_per_row] E4M3 block-scale arrays (host memory): an
+// Error naming `name`, the expert, row and block of the first NaN or negative scale.
+void validate_block_scales(const uint8_t* scales, int64_t matrices, int64_t rows,
+                           int64_t blocks_per_row, const char* name);
+
 // Checks host weights against the config: shapes, finite and non-negative global scales, no
 // NaN or negative block scale, input scales present and positive when static W4A4 needs them.
 void validate_weights(const MoeConfig& config, const MoeWeightsView& weights);

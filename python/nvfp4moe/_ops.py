@@ -66,7 +66,19 @@ def prepare_weights(values, scales, gate_up):
     return codes, scale_codes
 
 
+# Bits of the error word the CUDA ops set (src/cuda/route/route.hpp).
+_BAD_EXPERT_ID = 1
+_NON_FINITE_ACTIVATION = 2
+
+
 def check_errors(errors, num_experts):
-    """Raises ValueError for input problems the GPU found (ids out of range, NaN/Inf in W4A4
-    activations) since the last check; the offending slots were skipped. Synchronizes."""
-    _ops.check_errors(errors, num_experts)
+    """Raises ValueError for input problems the GPU found since the last check (ids outside
+    [-1, num_experts), NaN/Inf in W4A4 activations); their slots were skipped. Clears the word.
+    Synchronizes, so call it outside CUDA-graph capture."""
+    flags = int(errors.item())
+    errors.zero_()
+    if flags & _BAD_EXPERT_ID:
+        raise ValueError(f"nvfp4moe: topk_ids held ids outside [-1, {num_experts}); those slots "
+                         "were skipped")
+    if flags & _NON_FINITE_ACTIVATION:
+        raise ValueError("nvfp4moe: W4A4 met NaN or Inf activations to quantize")

@@ -1,7 +1,7 @@
 """nn.Modules and the engine-style fused-experts function over the nvfp4moe ops."""
 import torch
 
-from ._ops import _ops, prepare_weights
+from ._ops import _ops, check_errors, prepare_weights
 
 _MODES = {"w4a16": 0, "w4a4": 1}
 _SCALES = {"dynamic": 0, "static": 1}
@@ -119,7 +119,7 @@ class Nvfp4MoE(torch.nn.Module):
     def check_errors(self):
         """Raises ValueError for ids out of range or non-finite W4A4 activations the GPU met in
         earlier forwards (the CPU raises from forward itself). Synchronizes."""
-        _ops.check_errors(self.errors, self.num_experts)
+        check_errors(self.errors, self.num_experts)
 
 
 class Nvfp4Linear(torch.nn.Module):

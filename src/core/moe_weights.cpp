@@ -100,26 +100,23 @@ void check_input_scales(const float* scales, int64_t count, const char* name) {
   }
 }
 
-// Block scales are E4M3 codes: NaN (0x7F, 0xFF) and negative values are not allowed.
-void check_block_scales(const uint8_t* scales, int64_t rows_per_expert, int64_t blocks_per_row,
-                        int64_t num_experts, const char* name) {
+}  // namespace
+
+void validate_block_scales(const uint8_t* scales, int64_t matrices, int64_t rows,
+                           int64_t blocks_per_row, const char* name) {
   require(scales != nullptr, ErrorKind::kInvalidArgument, "weights: {} is missing", name);
-  const int64_t per_expert = rows_per_expert * blocks_per_row;
-  for (int64_t i = 0; i < per_expert * num_experts; ++i) {
+  const int64_t per_matrix = rows * blocks_per_row;
+  for (int64_t i = 0; i < per_matrix * matrices; ++i) {
     const uint8_t code = scales[i];
     if ((code & 0x7F) == kE4M3NanCode || (code & 0x80 && code != 0x80)) {
-      const int64_t expert = i / per_expert;
-      const int64_t row = (i % per_expert) / blocks_per_row;
-      const int64_t block = i % blocks_per_row;
+      const int64_t row = (i % per_matrix) / blocks_per_row, block = i % blocks_per_row;
       fail(ErrorKind::kInvalidArgument,
-           "weights: {}[expert {}, row {}, block {}] = 0x{:02X} is {}, expected a finite E4M3 "
-           "scale >= 0",
-           name, expert, row, block, code, (code & 0x7F) == kE4M3NanCode ? "NaN" : "negative");
+           "weights: {}[{}row {}, block {}] = 0x{:02X} is {}, expected a finite E4M3 scale >= 0",
+           name, matrices > 1 ? fmt::format("expert {}, ", i / per_matrix) : std::string(), row,
+           block, code, (code & 0x7F) == kE4M3NanCode ? "NaN" : "negative");
     }
   }
 }
-
-}  // namespace
 
 void validate_weights(const MoeConfig& config, const MoeWeightsView& w) {
   config.validate();
@@ -128,8 +125,9 @@ void validate_weights(const MoeConfig& config, const MoeWeightsView& w) {
   const int64_t inter = config.intermediate;
   require(w.gate_up_values != nullptr && w.down_values != nullptr, ErrorKind::kInvalidArgument,
           "weights: gate_up_values and down_values are required");
-  check_block_scales(w.gate_up_scales, 2 * inter, hidden / kBlockSize, experts, "gate_up_scales");
-  check_block_scales(w.down_scales, hidden, inter / kBlockSize, experts, "down_scales");
+  validate_block_scales(w.gate_up_scales, experts, 2 * inter, hidden / kBlockSize,
+                        "gate_up_scales");
+  validate_block_scales(w.down_scales, experts, hidden, inter / kBlockSize, "down_scales");
   check_global_scales(w.gate_global_scale, experts, "gate_global_scale");
   check_global_scales(w.up_global_scale, experts, "up_global_scale");
   check_global_scales(w.down_global_scale, experts, "down_global_scale");

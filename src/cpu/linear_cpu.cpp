@@ -83,13 +83,7 @@ void validate_linear_weight(const LinearConfig& config, const NvFp4View& weight,
   require(std::isfinite(weight.global_scale) && weight.global_scale >= 0.0f,
           ErrorKind::kInvalidArgument, "linear: weight global scale {} must be finite and >= 0",
           weight.global_scale);
-  for (int64_t i = 0; i < weight.rows * weight.cols / kBlockSize; ++i) {
-    const uint8_t code = weight.scales[i];
-    require((code & 0x7F) != kE4M3NanCode && (!(code & 0x80) || code == 0x80),
-            ErrorKind::kInvalidArgument,
-            "linear: weight scale [row {}, block {}] = 0x{:02X} is not a finite E4M3 scale >= 0",
-            i / (weight.cols / kBlockSize), i % (weight.cols / kBlockSize), code);
-  }
+  validate_block_scales(weight.scales, 1, weight.rows, weight.cols / kBlockSize, "linear weight");
   if (config.mode == QuantMode::kW4A4 && config.activation_scale == ActivationScale::kStatic) {
     require(std::isfinite(input_scale) && input_scale > 0.0f, ErrorKind::kInvalidArgument,
             "linear: static W4A4 needs an input scale > 0, got {}", input_scale);

@@ -1,8 +1,5 @@
 #include "cuda/dist/nccl_api.hpp"
 
-#include <dlfcn.h>
-
-#include <array>
 #include <cstdlib>
 
 #include "core/check.hpp"
@@ -14,36 +11,17 @@ NcclApi& NcclApi::get() {
   return api;
 }
 
-NcclApi::NcclApi() {
-  std::string tried;
-  const std::array<const char*, 3> candidates = {std::getenv("NVFP4MOE_NCCL"), "libnccl.so.2",
-                                                 "/usr/local/cuda/lib64/libnccl.so.2"};
-  for (const char* name : candidates) {
-    if (name == nullptr) continue;
-    handle_ = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-    if (handle_ != nullptr) {
-      library_ = name;
-      break;
-    }
-    tried += std::string(tried.empty() ? "" : ", ") + name;
-  }
-  require(handle_ != nullptr, ErrorKind::kUnsupported,
-          "expert parallelism: cannot load NCCL (tried {}); set NVFP4MOE_NCCL to libnccl.so.2",
-          tried);
-  auto resolve = [this](auto& function, const char* name) {
-    void* symbol = dlsym(handle_, name);
-    require(symbol != nullptr, ErrorKind::kUnsupported, "NCCL ({}) has no symbol {}", library_,
-            name);
-    function = reinterpret_cast<std::remove_reference_t<decltype(function)>>(symbol);
-  };
-  resolve(comm_init_all, "ncclCommInitAll");
-  resolve(comm_destroy, "ncclCommDestroy");
-  resolve(all_gather, "ncclAllGather");
-  resolve(reduce_scatter, "ncclReduceScatter");
-  resolve(all_reduce, "ncclAllReduce");
-  resolve(group_start, "ncclGroupStart");
-  resolve(group_end, "ncclGroupEnd");
-  resolve(error_string, "ncclGetErrorString");
+NcclApi::NcclApi()
+    : library_({std::getenv("NVFP4MOE_NCCL"), "libnccl.so.2", "/usr/local/cuda/lib64/libnccl.so.2"},
+               "NCCL (expert parallelism)", "NVFP4MOE_NCCL") {
+  comm_init_all = library_.function<decltype(comm_init_all)>("ncclCommInitAll");
+  comm_destroy = library_.function<decltype(comm_destroy)>("ncclCommDestroy");
+  all_gather = library_.function<decltype(all_gather)>("ncclAllGather");
+  all_reduce = library_.function<decltype(all_reduce)>("ncclAllReduce");
+  reduce_scatter = library_.function<decltype(reduce_scatter)>("ncclReduceScatter");
+  group_start = library_.function<decltype(group_start)>("ncclGroupStart");
+  group_end = library_.function<decltype(group_end)>("ncclGroupEnd");
+  error_string = library_.function<decltype(error_string)>("ncclGetErrorString");
 }
 
 void NcclApi::check(ncclResult_t result, const char* what) const {

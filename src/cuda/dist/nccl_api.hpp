@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/dynamic_library.hpp"
+
 namespace nvfp4moe::cuda {
 
 class NcclApi {
@@ -14,7 +16,7 @@ class NcclApi {
   // The process-wide instance; loads libnccl.so.2 (or NVFP4MOE_NCCL) on first use.
   static NcclApi& get();
 
-  const std::string& library() const { return library_; }
+  const std::string& library() const { return library_.name(); }
   void check(ncclResult_t result, const char* what) const;
 
   ncclResult_t (*comm_init_all)(ncclComm_t*, int, const int*) = nullptr;
@@ -31,8 +33,7 @@ class NcclApi {
 
  private:
   NcclApi();
-  void* handle_ = nullptr;
-  std::string library_;
+  DynamicLibrary library_;
 };
 
 // Communicators for `devices.size()` ranks driven from this process (ncclCommInitAll).

@@ -20,6 +20,17 @@ __device__ __forceinline__ int local_expert(const RouteParams& p, int32_t id) {
   return (id >= 0 && local >= 0 && local < p.num_local_experts) ? local : -1;
 }
 
+// Expert e's tiles: `count` sorted rows from `first_row`, cut every tile_tokens, written from
+// tile `first_tile` on. Returns the next free tile.
+__device__ __forceinline__ int write_tiles(const RouteParams& p, int e, int count, int first_row,
+                                           int first_tile) {
+  for (int j = 0; j * p.tile_tokens < count; ++j) {
+    p.tiles[first_tile++] = {e, first_row + j * p.tile_tokens,
+                             min(p.tile_tokens, count - j * p.tile_tokens), 0};
+  }
+  return first_tile;
+}
+
 __global__ void route_count_kernel(const RouteParams p) {
   for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < p.num_slots;
        s += gridDim.x * blockDim.x) {
@@ -47,10 +58,7 @@ __global__ void __launch_bounds__(kScanThreads) route_scan_kernel(const RoutePar
   for (int e = begin; e < end; ++e) {
     const int count = p.counts[e];
     p.offsets[e] = rows_before;
-    for (int j = 0; j * p.tile_tokens < count; ++j) {
-      p.tiles[tiles_before++] = {e, rows_before + j * p.tile_tokens,
-                                 min(p.tile_tokens, count - j * p.tile_tokens), 0};
-    }
+    tiles_before = write_tiles(p, e, count, rows_before, tiles_before);
     rows_before += count;
   }
   if (threadIdx.x == 0) {
@@ -105,10 +113,7 @@ __global__ void __launch_bounds__(kScanThreads) route_small_kernel(const RoutePa
     const int count = counts[e];
     p.offsets[e] = rows_before;
     cursors[e] = rows_before;
-    for (int j = 0; j * p.tile_tokens < count; ++j) {
-      p.tiles[tiles_before++] = {e, rows_before + j * p.tile_tokens,
-                                 min(p.tile_tokens, count - j * p.tile_tokens), 0};
-    }
+    tiles_before = write_tiles(p, e, count, rows_before, tiles_before);
     rows_before += count;
   }
   if (threadIdx.x == 0) {
