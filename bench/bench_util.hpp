@@ -1,16 +1,20 @@
-// Timing pieces the benchmarks share: a stream, a captured graph, the median of event-timed
-// runs. Host code; errors are nvfp4moe::Error.
+// Pieces the benchmarks share: a stream, a captured graph, the median of event-timed runs,
+// random NVFP4 weights. Host code; errors are nvfp4moe::Error.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "core/parallel.hpp"
+#include "core/synthetic.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "nvfp4moe/error.hpp"
+#include "nvfp4moe/moe.hpp"
 
 namespace nvfp4moe::bench {
 
@@ -85,6 +89,35 @@ double median_ms(cudaStream_t stream, int warmup, int repeats, F&& enqueue) {
   cudaEventDestroy(stop);
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
+}
+
+// Random NVFP4 weights for experts [first, first + count) of a layer: random codes, E4M3 scales in
+// [0.25, 8), global scales ~1e-3, static input scales; each expert from its own global id and the
+// seed, so every rank of a split layer makes the same experts a single GPU would.
+inline MoeWeights random_nvfp4_weights(int64_t first, int64_t count, int64_t hidden,
+                                       int64_t intermediate, uint64_t seed) {
+  MoeWeights w = MoeWeights::allocate(count, hidden, intermediate, true);
+  const auto per = [&](const std::vector<uint8_t>& v) { return v.size() / size_t(count); };
+  parallel_for(count, [&](int64_t e) {
+    Random random((seed * 7919 + uint64_t(first + e)) * 0x9E3779B97F4A7C15ull);
+    for (auto* array : {&w.gate_up_values, &w.down_values}) {
+      uint8_t* p = array->data() + e * per(*array);
+      for (size_t i = 0; i < per(*array); i += 8) {
+        const uint64_t bits = random.next();
+        std::memcpy(p + i, &bits, std::min<size_t>(8, per(*array) - i));
+      }
+    }
+    for (auto* array : {&w.gate_up_scales, &w.down_scales}) {
+      uint8_t* p = array->data() + e * per(*array);
+      for (size_t i = 0; i < per(*array); ++i) p[i] = uint8_t(0x28 + random.next() % 0x28);
+    }
+    w.gate_global_scale[e] = float(1e-3 * (1 + random.uniform()));
+    w.up_global_scale[e] = float(1e-3 * (1 + random.uniform()));
+    w.down_global_scale[e] = float(1e-3 * (1 + random.uniform()));
+    w.gate_up_input_scale[e] = float(4.0 / 2688);
+    w.down_input_scale[e] = float(1.0 / 2688);
+  });
+  return w;
 }
 
 }  // namespace nvfp4moe::bench

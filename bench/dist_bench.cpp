@@ -23,24 +23,6 @@ namespace nvfp4moe::bench {
 
 namespace {
 
-MoeWeights random_local_weights(const MoeConfig& layer, ExpertRange range) {
-  MoeWeights w = MoeWeights::allocate(range.count, layer.hidden, layer.intermediate, false);
-  const auto per = [&](const std::vector<uint8_t>& v) { return v.size() / size_t(range.count); };
-  parallel_for(range.count, [&](int64_t e) {
-    Random random(uint64_t(range.first + e) * 7919 + 1);
-    for (auto* array : {&w.gate_up_values, &w.down_values}) {
-      uint8_t* p = array->data() + e * per(*array);
-      for (size_t i = 0; i < per(*array); ++i) p[i] = static_cast<uint8_t>(random.next());
-    }
-    for (auto* array : {&w.gate_up_scales, &w.down_scales}) {
-      uint8_t* p = array->data() + e * per(*array);
-      for (size_t i = 0; i < per(*array); ++i) p[i] = uint8_t(0x28 + random.next() % 0x28);
-    }
-    w.gate_global_scale[e] = w.up_global_scale[e] = w.down_global_scale[e] = 1e-3f;
-  });
-  return w;
-}
-
 struct RankResult {
   double layer_ms = 0, local_ms = 0;
   std::string error;
@@ -93,7 +75,8 @@ void run_distributed_bench(const BenchOptions& o, int max_world) {
         try {
           NVFP4MOE_CUDA_CHECK(cudaSetDevice(r));
           const ExpertRange range = expert_range(layer.num_experts, world, r);
-          const MoeWeights weights = random_local_weights(layer, range);
+          const MoeWeights weights = random_nvfp4_weights(range.first, range.count, layer.hidden,
+                                                          layer.intermediate, o.seed);
           auto moe = make_distributed_moe(layer, weights, {world, r, comms[r], max_tokens});
           auto local = cuda::make_cuda_runner(moe->local_config(), weights);
           DeviceBuffer workspace(Device::kCuda, moe->workspace_bytes());

@@ -83,37 +83,6 @@ Ceilings measure_ceilings(CublasApi& cublas, cudaStream_t stream) {
 
 // ---- Inputs -----------------------------------------------------------------------------------
 
-// Random NVFP4 expert weights: random codes, E4M3 scales in [0.25, 8), global scales ~1e-3.
-MoeWeights random_nvfp4_weights(const MoeConfig& c, uint64_t seed) {
-  MoeWeights w = MoeWeights::allocate(c.num_local_experts, c.hidden, c.intermediate, true);
-  const size_t gate_up_values = w.gate_up_values.size() / size_t(c.num_local_experts);
-  const size_t gate_up_scales = w.gate_up_scales.size() / size_t(c.num_local_experts);
-  const size_t down_values = w.down_values.size() / size_t(c.num_local_experts);
-  const size_t down_scales = w.down_scales.size() / size_t(c.num_local_experts);
-  parallel_for(c.num_local_experts, [&](int64_t e) {
-    Random random(seed * 7919 + uint64_t(e));
-    auto fill_codes = [&](uint8_t* p, size_t n) {
-      for (size_t i = 0; i < n; i += 8) {
-        const uint64_t bits = random.next();
-        std::memcpy(p + i, &bits, std::min<size_t>(8, n - i));
-      }
-    };
-    auto fill_scales = [&](uint8_t* p, size_t n) {
-      for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(0x28 + random.next() % 0x28);
-    };
-    fill_codes(w.gate_up_values.data() + e * gate_up_values, gate_up_values);
-    fill_scales(w.gate_up_scales.data() + e * gate_up_scales, gate_up_scales);
-    fill_codes(w.down_values.data() + e * down_values, down_values);
-    fill_scales(w.down_scales.data() + e * down_scales, down_scales);
-    w.gate_global_scale[e] = float(1e-3 * (1 + random.uniform()));
-    w.up_global_scale[e] = float(1e-3 * (1 + random.uniform()));
-    w.down_global_scale[e] = float(1e-3 * (1 + random.uniform()));
-    w.gate_up_input_scale[e] = float(4.0 / 2688);
-    w.down_input_scale[e] = float(1.0 / 2688);
-  });
-  return w;
-}
-
 struct InputSet {
   Routing routing;  // host copy
   DeviceBuffer hidden, ids, weights;
@@ -320,7 +289,8 @@ void run_moe_bench(const BenchOptions& o) {
   Stream stream;
   CublasApi cublas;
   const Ceilings ceilings = measure_ceilings(cublas, stream.get());
-  const MoeWeights weights = random_nvfp4_weights(c, o.seed);
+  const MoeWeights weights =
+      random_nvfp4_weights(0, c.num_local_experts, c.hidden, c.intermediate, o.seed);
   auto runner = make_runner(Device::kCuda, c, weights);
   DeviceBuffer workspace(Device::kCuda, runner->workspace_bytes());
   std::optional<Bf16Peer> peer;
