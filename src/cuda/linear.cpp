@@ -9,9 +9,7 @@
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/linear_forward.hpp"
 #include "cuda/moe_forward.hpp"
-#include "cuda/prepare/prepare.hpp"
 #include "cuda/quant/quant.hpp"
-#include "cuda/route/route.hpp"
 #include "cuda/runtime_cuda.hpp"
 
 namespace nvfp4moe::cuda {

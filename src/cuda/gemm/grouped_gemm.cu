@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "cuda/gemm/gemm_launch.hpp"
@@ -11,15 +12,19 @@
 namespace nvfp4moe::cuda {
 
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
-  GemmShapeId id = gemm_shape_for(routed_slots, num_local_experts);
-  if (const char* forced = std::getenv("NVFP4MOE_GEMM_SHAPE")) {
-    const std::string name = forced;
-    if (name == "small") id = GemmShapeId::kSmall;
-    if (name == "medium") id = GemmShapeId::kMedium;
-    if (name == "large") id = GemmShapeId::kLarge;
-  }
+  // The environment is read once, not on every forward.
+  static const std::optional<GemmShapeId> forced = []() -> std::optional<GemmShapeId> {
+    const char* name = std::getenv("NVFP4MOE_GEMM_SHAPE");
+    if (name == nullptr) return std::nullopt;
+    if (std::string(name) == "small") return GemmShapeId::kSmall;
+    if (std::string(name) == "medium") return GemmShapeId::kMedium;
+    if (std::string(name) == "large") return GemmShapeId::kLarge;
+    return std::nullopt;
+  }();
+  static const bool print = std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr;
+  const GemmShapeId id = forced.value_or(gemm_shape_for(routed_slots, num_local_experts));
   static std::once_flag printed;
-  if (std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr) {
+  if (print) {
     std::call_once(printed, [&] {
       const GemmShape s = gemm_shape(id);
       std::fprintf(stderr,
