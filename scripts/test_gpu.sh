@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite, on a machine with a Hopper (sm_90) GPU:
-#   1. every GPU test (kernels, the MoE runner, CUDA-graph replays),
+#   1. every GPU test (kernels, the MoE runner, CUDA-graph replays), then the GEMM and MoE tests
+#      with each tile shape forced,
 #   2. the same suite in quick mode under compute-sanitizer memcheck and racecheck,
 #   3. the PyTorch ops' tests on the GPU (when the build has them), and the demo on the GPU.
 # Uses the build in $NVFP4MOE_BUILD (default build/), building it first if it is missing.
@@ -28,6 +29,11 @@ run() {
 }
 
 run "gpu tests" "$build/tests/test_cuda" --gtest_brief=1
+# The heuristic picks one tile shape per size; force each through the GEMM and MoE checks.
+for shape in small medium large wgmma; do
+  run "gpu tests, $shape tiles" env NVFP4MOE_GEMM_SHAPE=$shape "$build/tests/test_cuda" \
+    --gtest_brief=1 --gtest_filter='CudaLinear*:CudaMoe/*:CudaGraph*'
+done
 if [[ ${NVFP4MOE_SKIP_SANITIZER:-0} != 1 ]]; then
   # The NCCL tests stay out: NCCL's own peer-access calls return errors by design
   # (cudaErrorPeerAccessAlreadyEnabled), which the sanitizer reports as ours.

@@ -64,10 +64,11 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);    // T = 64: 2 per expert
   EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kMedium);  // T = 256: 8
   EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kMedium);  // T = 1024: 32
-  EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kLarge);  // T = 4096: 128
-  EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kLarge);       // one expert takes all
+  EXPECT_EQ(gemm_shape_for(8200, 256), GemmShapeId::kWgmma);   // just past 32 per expert
+  EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma);  // T = 4096: 128
+  EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma);       // one expert takes all
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
-  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kLarge).tile_tokens, 64);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma).tile_tokens, 256);
 }
 
 // ---- Quantization kernel ------------------------------------------------------------------
@@ -244,7 +245,10 @@ struct LinearShape {
 
 TEST(CudaLinear, MatchesTheReferenceOnOddAndRealShapes) {
   NVFP4MOE_REQUIRE_GPU();
-  std::vector<LinearShape> shapes = {{16, 16, 1}, {48, 80, 7}, {256, 512, 33}, {64, 1024, 1000}};
+  // Token counts cover each tile shape of the heuristic, and for the wgmma tiles (256 tokens in
+  // units of 64) 1, 2, 3 and 4 units and a partial last tile.
+  std::vector<LinearShape> shapes = {
+      {16, 16, 1}, {48, 80, 7}, {256, 512, 33}, {112, 192, 150}, {64, 1024, 1000}};
   if (!testing::quick_mode()) {
     shapes.push_back({4096, 7168, 9});
     shapes.push_back({7168, 2048, 100});

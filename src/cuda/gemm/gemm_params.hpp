@@ -68,34 +68,40 @@ struct GemmParams {
   float swiglu_limit = 0.0f;
 };
 
-// Tile shapes. Each warp owns kGroupsPerWarp 16-row groups of weights and every token of the
-// tile, so a decoded A fragment serves kTileTokens / 8 MMAs.
+// Tile shapes. Each warp owns groups_per_warp 16-row groups of weights and every token of the
+// tile. With mma.sync (wgmma_unit_n = 0) a decoded A fragment serves tile_tokens / 8 MMAs; with
+// wgmma the warps form warpgroups of 4 and the tile is cut into units of wgmma_unit_n tokens, one
+// m64nNk16 each, empty units skipped.
 struct GemmShape {
   int warps;
   int groups_per_warp;
   int tile_tokens;
-  int a_prefetch;  // weight chunks in flight per warp
+  int a_prefetch;    // weight chunks in flight per warp
+  int wgmma_unit_n;  // 0: the mma.sync kernel
+  int stages;        // token ring depth of the wgmma kernel (the mma.sync kernel uses 3)
   constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
 };
 
-enum class GemmShapeId { kSmall, kMedium, kLarge };
+enum class GemmShapeId { kSmall, kMedium, kLarge, kWgmma };
 
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
     case GemmShapeId::kSmall:
-      return {4, 1, 8, 6};  // decode: few tokens per expert
+      return {4, 1, 8, 6, 0, 3};  // decode: few tokens per expert
     case GemmShapeId::kMedium:
-      return {4, 2, 32, 3};
+      return {4, 2, 32, 3, 0, 3};
     case GemmShapeId::kLarge:
-      return {4, 2, 64, 1};  // prefill
+      return {4, 2, 64, 1, 0, 3};
+    case GemmShapeId::kWgmma:
+      return {8, 1, 256, 1, 64, 4};  // prefill: 2 warpgroups, up to 256 tokens per tile
   }
-  return {4, 1, 8, 6};
+  return {4, 1, 8, 6, 0, 3};
 }
 
 // The shape for a batch, by the mean number of tokens an active expert receives. Measured on an
 // H200 (DeepSeek-V3 layer, docs/performance.md): 8-token tiles win up to ~4 tokens per expert
 // (T <= 64), 32-token tiles from 8 (T = 256: 3.26 ms against 3.40) to 32 (T = 1024, on par
-// with 64-token tiles), 64-token tiles beyond (T = 4096: 12.7 ms against 15.4).
+// with 64-token tiles), wgmma beyond.
 constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts) {
   // Active experts cannot exceed either the experts or the routed slots.
   const int64_t bound = routed_slots < num_local_experts ? routed_slots : num_local_experts;
@@ -103,10 +109,10 @@ constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_exp
   const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
   return tokens_per_expert <= 4    ? GemmShapeId::kSmall
          : tokens_per_expert <= 32 ? GemmShapeId::kMedium
-                                   : GemmShapeId::kLarge;
+                                   : GemmShapeId::kWgmma;
 }
 
-// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|medium|large forces a shape (for tuning);
+// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|medium|large|wgmma forces a shape (for tuning);
 // the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts);
 

@@ -1,4 +1,4 @@
-// Instantiations and the launcher of the grouped GEMM: 3 tile shapes x 4 epilogues.
+// Instantiations and the launcher of the grouped GEMM: 4 tile shapes x 4 epilogues.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -8,6 +8,7 @@
 
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/gemm/grouped_gemm.cuh"
+#include "cuda/gemm/wgmma_gemm.cuh"
 
 namespace nvfp4moe::cuda {
 
@@ -19,6 +20,11 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
     if (std::string(name) == "small") return GemmShapeId::kSmall;
     if (std::string(name) == "medium") return GemmShapeId::kMedium;
     if (std::string(name) == "large") return GemmShapeId::kLarge;
+    if (std::string(name) == "wgmma") return GemmShapeId::kWgmma;
+    std::fprintf(stderr,
+                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, medium, large or "
+                 "wgmma\n",
+                 name);
     return std::nullopt;
   }();
   static const bool print = std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr;
@@ -42,10 +48,20 @@ namespace {
 template <GemmShapeId kId, Epilogue kEpilogue>
 cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
   constexpr GemmShape s = gemm_shape(kId);
-  using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
-  const dim3 grid((p.row_groups + s.warps * s.groups_per_warp - 1) / (s.warps * s.groups_per_warp),
-                  grid_y);
-  grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
+  const dim3 grid((p.row_groups + s.rows_per_block() / 16 - 1) / (s.rows_per_block() / 16), grid_y);
+  if constexpr (s.wgmma_unit_n == 0) {
+    using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
+    grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
+  } else {
+    static_assert(s.warps % 4 == 0 && s.groups_per_warp == 1, "wgmma: warpgroups, 1 group each");
+    using Cfg = WgmmaConfig<s.warps / 4, s.tile_tokens, s.wgmma_unit_n, s.stages, s.a_prefetch>;
+    // Shared memory beyond 48 KB must be allowed per kernel, once.
+    static const cudaError_t allowed =
+        cudaFuncSetAttribute(wgmma_gemm_kernel<Cfg, kEpilogue>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (allowed != cudaSuccess) return allowed;
+    wgmma_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
@@ -58,6 +74,8 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
       return launch_shape<GemmShapeId::kMedium, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kLarge:
       return launch_shape<GemmShapeId::kLarge, kEpilogue>(p, grid_y, stream);
+    case GemmShapeId::kWgmma:
+      return launch_shape<GemmShapeId::kWgmma, kEpilogue>(p, grid_y, stream);
   }
   return cudaErrorInvalidValue;
 }

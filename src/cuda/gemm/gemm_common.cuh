@@ -1,0 +1,194 @@
+// Pieces both grouped GEMM kernels share: which tile a block computes, the token (B) loader into
+// the 128-byte-swizzled shared-memory ring, the weight (A) chunk loads, and the epilogue of one
+// (row pair, token) result.
+//
+// B stage layout, both kernels: rows of 64 bf16 (128 B), one per token, with the 16-byte chunk c
+// of row r stored at chunk position c ^ (r & 7). ldmatrix reads it without bank conflicts, and
+// it is exactly wgmma's 128-byte swizzle when a stage starts 1024-byte aligned.
+#pragma once
+
+#include <cstdint>
+
+#include "core/activation.hpp"
+#include "cuda/common/nvfp4_decode.cuh"
+#include "cuda/common/prepared_layout.hpp"
+#include "cuda/common/ptx.cuh"
+#include "cuda/gemm/gemm_params.hpp"
+#include "nvfp4moe/format.hpp"
+
+namespace nvfp4moe::cuda {
+
+// alpha for one expert: g * weight_scale, in fp32 like the CPU reference, times the decode's
+// 2^16 compensation (exact).
+__device__ __forceinline__ float activation_global_scale(const GemmParams& p, int expert) {
+  switch (p.act_source) {
+    case ActivationScaleSource::kOne:
+      return 1.0f;
+    case ActivationScaleSource::kPerExpert:
+      return p.act_scale[expert];
+    case ActivationScaleSource::kFromAmax:
+      return nvfp4_dynamic_global_scale(__uint_as_float(*p.act_amax_bits));
+  }
+  return 1.0f;
+}
+
+struct BlockTile {
+  int expert = 0;
+  int row_begin = 0;  // first sorted position
+  int rows = 0;       // tokens in the tile; 0: nothing to do
+};
+
+// The tile of blockIdx.y: from the router's device table, or implicit tiles of expert 0.
+__device__ __forceinline__ BlockTile block_tile(const GemmParams& p, int tile_tokens) {
+  BlockTile tile;
+  if (p.tiles != nullptr) {
+    if (static_cast<int>(blockIdx.y) >= *p.num_tiles) return tile;
+    const GemmTile t = p.tiles[blockIdx.y];
+    tile.expert = t.expert;
+    tile.row_begin = t.row_begin;
+    tile.rows = t.rows;
+  } else {
+    tile.row_begin = static_cast<int>(blockIdx.y) * tile_tokens;
+    tile.rows = max(0, min(tile_tokens, p.implicit_rows - tile.row_begin));
+  }
+  return tile;
+}
+
+// Copies a tile's tokens, one 64-wide K chunk per stage, with cp.async. Each thread owns fixed
+// (row, 16-byte chunk) pairs: its chunk column is the same for all of them and, with threads a
+// multiple of 64, so is the swizzle (row & 7), so per pair only the source row is kept. Rows past
+// the tile and K past the end are zero-filled.
+template <int kTileTokens, int kThreads>
+struct TokenLoader {
+  static constexpr int kPairs = kTileTokens * 8;
+  static constexpr int kLoadsPerThread = (kPairs + kThreads - 1) / kThreads;
+  static constexpr int kRowStep = kThreads / 8;  // rows between a thread's pairs
+  static constexpr int kStageElements = kTileTokens * kChunkK;
+  static_assert(kThreads % 64 == 0, "the swizzle of a thread's rows must not change");
+
+  int32_t source_row[kLoadsPerThread];  // -1: no token (zero-filled)
+  int first_offset;                     // element offset in a stage of the first pair
+  int k_in_chunk;
+
+  __device__ __forceinline__ TokenLoader(const GemmParams& p, const BlockTile& tile) {
+    const int c = static_cast<int>(threadIdx.x) % 8;
+    const int r0 = static_cast<int>(threadIdx.x) / 8;
+    k_in_chunk = c * 8;
+    first_offset = r0 * kChunkK + ((c ^ (r0 & 7)) * 8);
+#pragma unroll
+    for (int i = 0; i < kLoadsPerThread; ++i) {
+      const int r = r0 + i * kRowStep;
+      source_row[i] = -1;
+      if (r < kTileTokens && r < tile.rows) {
+        const int position = tile.row_begin + r;
+        source_row[i] = p.gather ? p.gather[position] / p.gather_divisor : position;
+      }
+    }
+  }
+
+  __device__ __forceinline__ void load(const GemmParams& p, int chunk, uint16_t* stage) const {
+    const int k0 = chunk * kChunkK + k_in_chunk;
+#pragma unroll
+    for (int i = 0; i < kLoadsPerThread; ++i) {
+      if (kPairs % kThreads != 0 && static_cast<int>(threadIdx.x) + i * kThreads >= kPairs) {
+        continue;
+      }
+      const bool valid = source_row[i] >= 0 && k0 < p.k;
+      const uint16_t* source = p.b + int64_t(valid ? source_row[i] : 0) * p.b_row_stride + k0;
+      ptx::cp_async_16(stage + first_offset + i * kRowStep * kChunkK,
+                       valid ? static_cast<const void*>(source) : static_cast<const void*>(p.b),
+                       valid);
+    }
+  }
+};
+
+// One lane's weight bytes for one 64-wide chunk of one 16-row group (prepared_layout.hpp).
+struct WeightChunk {
+  uint4 codes;   // a word of 8 nibbles per k16 step
+  uint2 scales;  // byte j: row g + 8 * (j / 4), k16 step j % 4
+};
+
+// The lane's pointers into one row group's chunks.
+struct WeightStream {
+  const uint4* codes = nullptr;
+  const uint2* scales = nullptr;
+  bool valid = false;
+  int k_chunks = 0;
+
+  static __device__ __forceinline__ WeightStream make(const GemmParams& p, int expert, int group,
+                                                      int lane) {
+    WeightStream w;
+    w.valid = group < p.row_groups;
+    w.k_chunks = p.k_chunks;
+    const int64_t g = w.valid ? group : 0;
+    w.codes = static_cast<const uint4*>(p.codes) + expert * (p.expert_code_bytes / 16) +
+              g * p.k_chunks * 32 + lane;
+    w.scales = static_cast<const uint2*>(p.scales) + expert * (p.expert_scale_bytes / 8) +
+               g * p.k_chunks * 8 + lane / 4;
+    return w;
+  }
+
+  __device__ __forceinline__ WeightChunk load(int chunk) const {
+    if (valid && chunk < k_chunks) {
+      return {ptx::load_global_nc(codes + chunk * 32), ptx::load_global_nc(scales + chunk * 8)};
+    }
+    return {make_uint4(0, 0, 0, 0), make_uint2(0, 0)};
+  }
+};
+
+// The four A registers of k16 step `step` of a chunk (nvfp4_decode.cuh).
+__device__ __forceinline__ void decode_step(const WeightChunk& w, int step, uint32_t (&a)[4]) {
+  const uint32_t word = step == 0   ? w.codes.x
+                        : step == 1 ? w.codes.y
+                        : step == 2 ? w.codes.z
+                                    : w.codes.w;
+  const uint32_t scale_g = (w.scales.x >> (8 * step)) & 0xFFu;
+  const uint32_t scale_g8 = (w.scales.y >> (8 * step)) & 0xFFu;
+  decode_a_fragment(word, scale_pair(scale_g), scale_pair(scale_g8), a);
+}
+
+struct EpilogueScales {
+  float alpha = 0.0f;     // gate / down / linear rows
+  float alpha_up = 0.0f;  // up rows (gate/up epilogues)
+};
+
+template <Epilogue kEpilogue>
+__device__ __forceinline__ EpilogueScales epilogue_scales(const GemmParams& p, int expert) {
+  const float act_g = activation_global_scale(p, expert);
+  EpilogueScales s;
+  s.alpha = act_g * p.weight_scale[expert] * kDecodeCompensation;
+  if constexpr (kEpilogue == Epilogue::kGateUpBf16 || kEpilogue == Epilogue::kGateUpF32) {
+    s.alpha_up = act_g * p.weight_scale_up[expert] * kDecodeCompensation;
+  }
+  return s;
+}
+
+// The results of row g and row g + 8 of 16-row group `group` for the token at sorted position
+// `position`. For the gate/up GEMM those are gate and up of feature 8 * group + g.
+template <Epilogue kEpilogue>
+__device__ __forceinline__ void store_row_pair(const GemmParams& p, const EpilogueScales& s,
+                                               int group, int g, int64_t position, float row_g,
+                                               float row_g8) {
+  if constexpr (kEpilogue == Epilogue::kGateUpBf16 || kEpilogue == Epilogue::kGateUpF32) {
+    const float h =
+        gated_activation(s.alpha * row_g, s.alpha_up * row_g8, p.clamped, p.swiglu_limit);
+    const int64_t index = position * p.out_row_stride + group * 8 + g;
+    if constexpr (kEpilogue == Epilogue::kGateUpBf16) {
+      static_cast<uint16_t*>(p.out)[index] = float_to_bf16(h);
+    } else {
+      static_cast<float*>(p.out)[index] = h;
+    }
+  } else if constexpr (kEpilogue == Epilogue::kDownCombine) {
+    const int32_t slot = p.sorted_slot[position];
+    const float weight = p.topk_weights[slot];
+    float* out = static_cast<float*>(p.out) + int64_t(slot / p.top_k) * p.out_row_stride;
+    atomicAdd(out + group * 16 + g, weight * (s.alpha * row_g));
+    atomicAdd(out + group * 16 + g + 8, weight * (s.alpha * row_g8));
+  } else {
+    uint16_t* out = static_cast<uint16_t*>(p.out) + position * p.out_row_stride;
+    out[group * 16 + g] = float_to_bf16(s.alpha * row_g);
+    out[group * 16 + g + 8] = float_to_bf16(s.alpha * row_g8);
+  }
+}
+
+}  // namespace nvfp4moe::cuda
