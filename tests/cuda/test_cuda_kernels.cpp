@@ -68,7 +68,7 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma);  // T = 4096: 128
   EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma);       // one expert takes all
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
-  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma).tile_tokens, 256);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma).tile_tokens, 128);
 }
 
 // ---- Quantization kernel ------------------------------------------------------------------
@@ -245,8 +245,8 @@ struct LinearShape {
 
 TEST(CudaLinear, MatchesTheReferenceOnOddAndRealShapes) {
   NVFP4MOE_REQUIRE_GPU();
-  // Token counts cover each tile shape of the heuristic, and for the wgmma tiles (256 tokens in
-  // units of 64) 1, 2, 3 and 4 units and a partial last tile.
+  // Token counts cover each tile shape of the heuristic, and for the wgmma tiles (128 tokens in
+  // units of 64) one and two units and partial last tiles.
   std::vector<LinearShape> shapes = {
       {16, 16, 1}, {48, 80, 7}, {256, 512, 33}, {112, 192, 150}, {64, 1024, 1000}};
   if (!testing::quick_mode()) {

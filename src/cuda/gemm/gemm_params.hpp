@@ -71,7 +71,8 @@ struct GemmParams {
 // Tile shapes. Each warp owns groups_per_warp 16-row groups of weights and every token of the
 // tile. With mma.sync (wgmma_unit_n = 0) a decoded A fragment serves tile_tokens / 8 MMAs; with
 // wgmma the warps form warpgroups of 4 and the tile is cut into units of wgmma_unit_n tokens, one
-// m64nNk16 each, empty units skipped.
+// m64nNk16 each, empty units skipped; `warps` counts the consumer warps (a producer warpgroup
+// comes on top).
 struct GemmShape {
   int warps;
   int groups_per_warp;
@@ -93,7 +94,7 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
     case GemmShapeId::kLarge:
       return {4, 2, 64, 1, 0, 3};
     case GemmShapeId::kWgmma:
-      return {8, 1, 256, 1, 64, 4};  // prefill: 2 warpgroups, up to 256 tokens per tile
+      return {8, 2, 128, 1, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
   }
   return {4, 1, 8, 6, 0, 3};
 }

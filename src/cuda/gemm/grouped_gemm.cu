@@ -53,8 +53,9 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
     using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
     grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
   } else {
-    static_assert(s.warps % 4 == 0 && s.groups_per_warp == 1, "wgmma: warpgroups, 1 group each");
-    using Cfg = WgmmaConfig<s.warps / 4, s.tile_tokens, s.wgmma_unit_n, s.stages, s.a_prefetch>;
+    static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
+    using Cfg = WgmmaConfig<s.warps / 4, s.groups_per_warp, s.tile_tokens, s.wgmma_unit_n,
+                            s.stages, s.a_prefetch>;
     // Shared memory beyond 48 KB must be allowed per kernel, once.
     static const cudaError_t allowed =
         cudaFuncSetAttribute(wgmma_gemm_kernel<Cfg, kEpilogue>,

@@ -3,21 +3,21 @@
 // tile's tokens the B operand (N), so the prepared layout, the decode and the epilogues are
 // shared (gemm_common.cuh).
 //
-//   block  = kWarpGroups warpgroups; warp w owns 16-row group blockIdx.x * kWarps + w, which is
-//            rows 16 (w % 4).. of its warpgroup's 64-row A tile
-//   A      = decoded exactly to bf16 straight into wgmma's register operand: the register
-//            fragment of a warp in m64nNk16 is the mma.m16n8k16 A fragment, so decode_step
-//            serves both. Two fragment sets alternate, so a chunk is decoded while the previous
-//            chunk's MMAs run
-//   B      = the tile's tokens in a kStages-deep cp.async ring, 128-byte swizzled rows that
-//            wgmma reads through a descriptor; the tile is cut into kUnitN-token units and a
-//            unit with no token is skipped, so a tile of up to kTileTokens costs what it holds
-//            (rounded up to kUnitN)
+// Warp-specialized block:
+//   producer  = warpgroup 0 (few registers): copies the tile's tokens, one 64-wide K chunk per
+//               stage, into a kStages-deep ring of 128-byte-swizzled rows with cp.async, and
+//               publishes each stage on its `full` mbarrier once its copies have landed
+//   consumers = kConsumers warpgroups (many registers); consumer warp w owns kGroups 16-row
+//               groups from (blockIdx.x * 4 * kConsumers + w) * kGroups; group i of the
+//               warpgroup's 4 warps forms the 64-row A tile of its i-th MMA. Each decodes its
+//               weights exactly to bf16 straight into wgmma's register operand (a warp's register
+//               fragment in m64nNk16 is mma.m16n8k16's A fragment) while the previous chunk's MMAs
+//               run, waits for the stage, issues the chunk's MMAs and, once the chunk before has
+//               finished, frees its stage (`empty`)
+//   units     = the tile is cut into kUnitN-token units; a unit with no token is skipped, so a
+//               tile of up to kTileTokens costs what it holds (rounded up to kUnitN)
 //
-// Per chunk c (64 of K), each warpgroup:
-//   wait until at most one MMA group runs (chunk c-1), so chunk c-2's A registers and stage
-//   are free -> decode chunk c -> cp.async wait for chunk c's stage, proxy fence, barrier ->
-//   refill chunk c-2's stage with chunk c + kStages - 2 -> issue chunk c's MMAs, commit.
+// No block-wide barrier after set-up: the warpgroups only meet at the mbarriers.
 #pragma once
 
 #include <cstdint>
@@ -28,97 +28,105 @@
 
 namespace nvfp4moe::cuda {
 
-template <int kWarpGroups_, int kTileTokens_, int kUnitN_, int kStages_, int kAPrefetch_>
+template <int kConsumers_, int kGroups_, int kTileTokens_, int kUnitN_, int kStages_,
+          int kAPrefetch_>
 struct WgmmaConfig {
-  static constexpr int kWarpGroups = kWarpGroups_;
+  static constexpr int kConsumers = kConsumers_;  // consumer warpgroups
+  static constexpr int kGroups = kGroups_;        // 16-row groups per consumer warp
   static constexpr int kTileTokens = kTileTokens_;
   static constexpr int kUnitN = kUnitN_;
   static constexpr int kStages = kStages_;
   static constexpr int kAPrefetch = kAPrefetch_;
-  static constexpr int kWarps = 4 * kWarpGroups;
-  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kConsumerWarps = 4 * kConsumers;
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kThreads = kProducerThreads + 128 * kConsumers;
+  using Loader = TokenLoader<kTileTokens, kProducerThreads>;
+  // Register budgets (multiples of 8): the producer keeps what its copies need, the consumers'
+  // accumulators get the rest of the register file.
+  static constexpr int kProducerRegisters = Loader::kLoadsPerThread > 8 ? 56 : 40;
+  static constexpr int kConsumerRegisters =
+      (64 * 1024 - kProducerThreads * kProducerRegisters) / (128 * kConsumers) / 8 * 8 > 240
+          ? 240
+          : (64 * 1024 - kProducerThreads * kProducerRegisters) / (128 * kConsumers) / 8 * 8;
+  // Chunks whose copies a producer thread keeps in flight before publishing the oldest: all
+  // stages but the two the consumers' MMAs may be reading and one being refilled.
+  static constexpr int kCopyLag = kStages - 3;
   static constexpr int kUnits = kTileTokens / kUnitN;
   using Mma = wgmma::Mma<kUnitN>;
-  using Loader = TokenLoader<kTileTokens, kThreads>;
   static constexpr int kStageElements = Loader::kStageElements;
   static constexpr int kStageBytes = kStageElements * 2;
-  // The ring, plus slack to start it on a 1024-byte boundary (the swizzle's period).
-  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
+  // The weighted-combine epilogue reuses the ring: per consumer warp, its tile of
+  // [token][16 * kGroups features] fp32 results, rows padded by 4 floats (conflict-free writes of
+  // the MMA fragments, 16-byte reads along a row).
+  static constexpr int kCombineStride = 16 * kGroups + 4;
+  static constexpr int kCombineBytes = kConsumerWarps * kTileTokens * kCombineStride * 4;
+  // The ring (or the combine tiles), plus slack to start it on a 1024-byte boundary (the
+  // swizzle's period).
+  static constexpr int kSmemBytes =
+      (kStages * kStageBytes > kCombineBytes ? kStages * kStageBytes : kCombineBytes) + 1024;
   static_assert(kTileTokens % kUnitN == 0, "a tile is whole N units");
+  static_assert(kUnits <= 4, "up to 4 units per tile");
   static_assert(kStageBytes % 1024 == 0, "each stage must start 1024-byte aligned");
-  static_assert(kStages >= 3, "one stage in flight, two read by running MMAs");
+  static_assert(kStages >= 4, "two stages read by MMAs, at least one in flight");
   static_assert((kAPrefetch + 1) % 2 == 0,
                 "the chunk loop is unrolled by the weight ring, which must alternate the two "
                 "A fragment sets evenly");
 };
 
 template <class Cfg, Epilogue kEpilogue>
-__global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const GemmParams p) {
-  extern __shared__ uint8_t smem_raw[];
-  const uint32_t raw_address = ptx::smem_address(smem_raw);
-  const uint32_t align = (1024 - (raw_address & 1023)) & 1023;
-  auto* smem_b = reinterpret_cast<uint16_t*>(smem_raw + align);
-  const uint32_t smem_b_address = raw_address + align;
-
-  const BlockTile tile = block_tile(p, Cfg::kTileTokens);
-  if (tile.rows <= 0) return;
+__device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTile& tile,
+                                              uint64_t* full, uint64_t* empty, uint16_t* smem_b,
+                                              uint32_t smem_b_address, int consumer_warp,
+                                              int lane) {
+  constexpr int kGroups = Cfg::kGroups;
+  const int g = lane / 4, t = lane % 4;
+  const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kConsumerWarps + consumer_warp) * kGroups;
   const int units = (tile.rows + Cfg::kUnitN - 1) / Cfg::kUnitN;
 
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int g = lane / 4, t = lane % 4;
-  const int group = static_cast<int>(blockIdx.x) * Cfg::kWarps + warp;
-
-  const typename Cfg::Loader loader(p, tile);
-  const WeightStream stream = WeightStream::make(p, tile.expert, group, lane);
-  constexpr int kRing = Cfg::kAPrefetch + 1;
-  WeightChunk ring[kRing];
-  uint32_t a[2][4][4];  // [fragment set][k16 step][register]
-
-  float acc[Cfg::kUnits][Cfg::Mma::kAccumulators];
+  WeightStream streams[kGroups];
 #pragma unroll
-  for (int u = 0; u < Cfg::kUnits; ++u)
-#pragma unroll
-    for (int j = 0; j < Cfg::Mma::kAccumulators; ++j) acc[u][j] = 0.0f;
-
-      // ---- Prologue: kStages - 2 token stages and kAPrefetch weight chunks in flight
-      // -------------
-#pragma unroll
-  for (int s = 0; s < Cfg::kStages - 2; ++s) {
-    if (s < p.k_chunks) loader.load(p, s, smem_b + s * Cfg::kStageElements);
-    ptx::cp_async_commit();
+  for (int i = 0; i < kGroups; ++i) {
+    streams[i] = WeightStream::make(p, tile.expert, group0 + i, lane);
   }
+  constexpr int kRing = Cfg::kAPrefetch + 1;
+  WeightChunk ring[kRing][kGroups];
+  uint32_t a[2][kGroups][4][4];  // [fragment set][group][k16 step][register]
 #pragma unroll
-  for (int d = 0; d < Cfg::kAPrefetch; ++d) ring[d] = stream.load(d);
+  for (int d = 0; d < Cfg::kAPrefetch; ++d)
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) ring[d][i] = streams[i].load(d);
 
-  // ---- Main loop ----------------------------------------------------------------------------
+  float acc[kGroups][Cfg::kUnits][Cfg::Mma::kAccumulators];
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i)
+#pragma unroll
+    for (int u = 0; u < Cfg::kUnits; ++u)
+#pragma unroll
+      for (int j = 0; j < Cfg::Mma::kAccumulators; ++j) acc[i][u][j] = 0.0f;
+
   for (int base = 0; base < p.k_chunks; base += kRing) {
 #pragma unroll
     for (int u = 0; u < kRing; ++u) {
       const int chunk = base + u;
       if (chunk >= p.k_chunks) break;  // uniform across the block
-      ring[(u + Cfg::kAPrefetch) % kRing] = stream.load(chunk + Cfg::kAPrefetch);
-
-      // Chunk c-2's MMAs are done: fragment set u % 2 and that chunk's stage are free.
-      wgmma::wait_group<1>();
-      uint32_t(&frag)[4][4] = a[u % 2];
 #pragma unroll
-      for (int step = 0; step < 4; ++step) {
-        decode_step(ring[u], step, frag[step]);
+      for (int i = 0; i < kGroups; ++i) {
+        ring[(u + Cfg::kAPrefetch) % kRing][i] = streams[i].load(chunk + Cfg::kAPrefetch);
       }
 
-      ptx::cp_async_wait<Cfg::kStages - 3>();  // this thread's copies of chunk c landed
-      wgmma::fence_proxy_async_shared();       // ... and are visible to the tensor cores
-      __syncthreads();                         // everyone's are; chunk c-2's stage is free
-      const int next = chunk + Cfg::kStages - 2;
-      if (next < p.k_chunks) {
-        loader.load(p, next, smem_b + (next % Cfg::kStages) * Cfg::kStageElements);
-      }
-      ptx::cp_async_commit();
+      // Fragment set u % 2 was last read by chunk c-2's MMAs, finished below in iteration c-1.
+      uint32_t(&frag)[kGroups][4][4] = a[u % 2];
+#pragma unroll
+      for (int i = 0; i < kGroups; ++i)
+#pragma unroll
+        for (int step = 0; step < 4; ++step) decode_step(ring[u][i], step, frag[i][step]);
+
+      const int stage = chunk % Cfg::kStages;
+      ptx::mbarrier_wait(&full[stage], (chunk / Cfg::kStages) & 1);
 
       // The tile's non-empty units, each a straight run of MMAs (a branch between two MMAs
       // would make the compiler fence the registers before each).
-      const uint32_t stage_address = smem_b_address + (chunk % Cfg::kStages) * Cfg::kStageBytes;
+      const uint32_t stage_address = smem_b_address + stage * Cfg::kStageBytes;
       wgmma::fence();
       auto issue = [&](auto active) {
 #pragma unroll
@@ -127,11 +135,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
           for (int n = 0; n < decltype(active)::value; ++n) {
             const uint64_t desc = wgmma::smem_descriptor_sw128(
                 stage_address + n * Cfg::kUnitN * (kChunkK * 2) + step * 32);
-            Cfg::Mma::run(acc[n], frag[step], desc);
+#pragma unroll
+            for (int i = 0; i < kGroups; ++i) Cfg::Mma::run(acc[i][n], frag[i][step], desc);
           }
         }
       };
-      static_assert(Cfg::kUnits <= 4, "up to 4 units per tile");
       switch (units) {
         case 1:
           issue(std::integral_constant<int, 1>{});
@@ -147,32 +155,130 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
           break;
       }
       wgmma::commit_group();
+
+      // Chunk c-1's MMAs are done: its stage goes back to the producer.
+      wgmma::wait_group<1>();
+      if (chunk > 0 && lane == 0) ptx::mbarrier_arrive(&empty[(chunk - 1) % Cfg::kStages]);
     }
   }
   wgmma::wait_group<0>();
-  ptx::cp_async_wait<0>();
 #pragma unroll
-  for (int u = 0; u < Cfg::kUnits; ++u)
+  for (int i = 0; i < kGroups; ++i)
 #pragma unroll
-    for (int j = 0; j < Cfg::Mma::kAccumulators; ++j) wgmma::fence_operand(acc[u][j]);
+    for (int u = 0; u < Cfg::kUnits; ++u)
+#pragma unroll
+      for (int j = 0; j < Cfg::Mma::kAccumulators; ++j) wgmma::fence_operand(acc[i][u][j]);
 
   // ---- Epilogue ---------------------------------------------------------------------------
-  // acc[n][4 * j + e]: n8 block j of unit n, e = (row g, 2t), (row g, 2t+1), (row g+8, 2t),
+  // acc[i][n][4 * j + e]: n8 block j of unit n, e = (row g, 2t), (row g, 2t+1), (row g+8, 2t),
   // (row g+8, 2t+1), as mma.sync's C fragment.
-  if (!stream.valid) return;
   const EpilogueScales scales = epilogue_scales<kEpilogue>(p, tile.expert);
+  if constexpr (kEpilogue == Epilogue::kDownCombine) {
+    // Through shared memory, so each lane adds 4 consecutive features of a token with one
+    // vector reduction instead of 4 scalar atomics. The ring is free once every consumer's
+    // MMAs are done (the producer's copies all landed before the last stage was published).
+    constexpr int kStride = Cfg::kCombineStride;
+    wgmma::fence_proxy_async_shared();
+    ptx::named_barrier_sync(1, Cfg::kConsumerWarps * 32);
+    float* tile_out = reinterpret_cast<float*>(smem_b) + consumer_warp * Cfg::kTileTokens * kStride;
 #pragma unroll
-  for (int n = 0; n < Cfg::kUnits; ++n) {
+    for (int i = 0; i < kGroups; ++i)
 #pragma unroll
-    for (int j = 0; j < Cfg::kUnitN / 8; ++j) {
+      for (int n = 0; n < Cfg::kUnits; ++n)
 #pragma unroll
-      for (int col = 0; col < 2; ++col) {
-        const int token = n * Cfg::kUnitN + j * 8 + 2 * t + col;
-        if (token >= tile.rows) continue;
-        store_row_pair<kEpilogue>(p, scales, group, g, tile.row_begin + token, acc[n][4 * j + col],
-                                  acc[n][4 * j + 2 + col]);
+        for (int j = 0; j < Cfg::kUnitN / 8; ++j)
+#pragma unroll
+          for (int col = 0; col < 2; ++col) {
+            float* row = tile_out + (n * Cfg::kUnitN + j * 8 + 2 * t + col) * kStride + i * 16 + g;
+            row[0] = acc[i][n][4 * j + col];
+            row[8] = acc[i][n][4 * j + 2 + col];
+          }
+    __syncwarp();
+    constexpr int kQuads = 4 * kGroups;  // 4-feature quads per token row of this warp
+    static_assert(32 % kQuads == 0, "a warp covers whole token rows");
+    const int quad = lane % kQuads;
+    if (group0 + quad / 4 >= p.row_groups) return;  // rows past the matrix
+    for (int token = lane / kQuads; token < tile.rows; token += 32 / kQuads) {
+      const int32_t slot = p.sorted_slot[tile.row_begin + token];
+      const float weight = p.topk_weights[slot];
+      const float4 y = *reinterpret_cast<const float4*>(tile_out + token * kStride + 4 * quad);
+      float* out = static_cast<float*>(p.out) + int64_t(slot / p.top_k) * p.out_row_stride +
+                   group0 * 16 + 4 * quad;
+      ptx::red_add_v4(out,
+                      make_float4(weight * (scales.alpha * y.x), weight * (scales.alpha * y.y),
+                                  weight * (scales.alpha * y.z), weight * (scales.alpha * y.w)));
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) {
+      if (!streams[i].valid) continue;
+#pragma unroll
+      for (int n = 0; n < Cfg::kUnits; ++n) {
+#pragma unroll
+        for (int j = 0; j < Cfg::kUnitN / 8; ++j) {
+#pragma unroll
+          for (int col = 0; col < 2; ++col) {
+            const int token = n * Cfg::kUnitN + j * 8 + 2 * t + col;
+            if (token >= tile.rows) continue;
+            store_row_pair<kEpilogue>(p, scales, group0 + i, g, tile.row_begin + token,
+                                      acc[i][n][4 * j + col], acc[i][n][4 * j + 2 + col]);
+          }
+        }
       }
     }
+  }
+}
+
+template <class Cfg, Epilogue kEpilogue>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const GemmParams p) {
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ uint64_t full[Cfg::kStages];   // stage holds its chunk (producer threads arrive)
+  __shared__ uint64_t empty[Cfg::kStages];  // stage may be refilled (consumer warps arrive)
+  const uint32_t raw_address = ptx::smem_address(smem_raw);
+  const uint32_t align = (1024 - (raw_address & 1023)) & 1023;
+  auto* smem_b = reinterpret_cast<uint16_t*>(smem_raw + align);
+  const uint32_t smem_b_address = raw_address + align;
+
+  const BlockTile tile = block_tile(p, Cfg::kTileTokens);
+  if (tile.rows <= 0) return;  // uniform across the block
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      ptx::mbarrier_init(&full[s], Cfg::kProducerThreads);
+      ptx::mbarrier_init(&empty[s], Cfg::kConsumerWarps);
+    }
+  }
+  __syncthreads();
+
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+
+  // ---- Producer ---------------------------------------------------------------------------
+  if (warp < 4) {
+    ptx::set_max_registers_dec<Cfg::kProducerRegisters>();
+    const typename Cfg::Loader loader(p, tile);
+    int published = 0;  // chunks whose `full` barrier this thread has arrived on
+    for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
+      const int stage = chunk % Cfg::kStages;
+      if (chunk >= Cfg::kStages) ptx::mbarrier_wait(&empty[stage], (chunk / Cfg::kStages - 1) & 1);
+      loader.load(p, chunk, smem_b + stage * Cfg::kStageElements);
+      ptx::cp_async_commit();
+      if (chunk - published >= Cfg::kCopyLag) {
+        ptx::cp_async_wait<Cfg::kCopyLag>();  // the oldest unpublished chunk landed
+        wgmma::fence_proxy_async_shared();    // ... visible to the tensor cores' reads
+        ptx::mbarrier_arrive(&full[published % Cfg::kStages]);
+        ++published;
+      }
+    }
+    ptx::cp_async_wait<0>();
+    wgmma::fence_proxy_async_shared();
+    for (; published < p.k_chunks; ++published) {
+      ptx::mbarrier_arrive(&full[published % Cfg::kStages]);
+    }
+  } else {
+    // ---- Consumers --------------------------------------------------------------------------
+    ptx::set_max_registers_inc<Cfg::kConsumerRegisters>();
+    wgmma_consume<Cfg, kEpilogue>(p, tile, full, empty, smem_b, smem_b_address, warp - 4, lane);
   }
 }
 
