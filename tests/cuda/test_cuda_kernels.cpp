@@ -61,14 +61,17 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   using cuda::GemmShapeId;
   static_assert(gemm_shape_for(8, 256) == GemmShapeId::kSmall);  // T = 1, DeepSeek-V3
   EXPECT_EQ(gemm_shape_for(0, 256), GemmShapeId::kSmall);
-  EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);    // T = 64: 2 per expert
-  EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kMedium);  // T = 256: 8
-  EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kMedium);  // T = 1024: 32
-  EXPECT_EQ(gemm_shape_for(8200, 256), GemmShapeId::kWgmma);   // just past 32 per expert
-  EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma);  // T = 4096: 128
-  EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma);       // one expert takes all
+  EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);       // T = 64: 2 per expert
+  EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kMedium);     // T = 256: 8
+  EXPECT_EQ(gemm_shape_for(4096, 256), GemmShapeId::kMedium);     // T = 512: 16
+  EXPECT_EQ(gemm_shape_for(4104, 256), GemmShapeId::kWgmma64);    // just past 16 per expert
+  EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kWgmma64);    // T = 1024: 32
+  EXPECT_EQ(gemm_shape_for(16384, 256), GemmShapeId::kWgmma128);  // T = 2048: 64
+  EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma128);  // T = 4096: 128
+  EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma64);        // one expert takes all
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
-  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma).tile_tokens, 128);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma64).tile_tokens, 64);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma128).tile_tokens, 128);
 }
 
 // ---- Quantization kernel ------------------------------------------------------------------

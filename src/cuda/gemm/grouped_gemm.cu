@@ -19,11 +19,11 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
     if (name == nullptr) return std::nullopt;
     if (std::string(name) == "small") return GemmShapeId::kSmall;
     if (std::string(name) == "medium") return GemmShapeId::kMedium;
-    if (std::string(name) == "large") return GemmShapeId::kLarge;
-    if (std::string(name) == "wgmma") return GemmShapeId::kWgmma;
+    if (std::string(name) == "wgmma64") return GemmShapeId::kWgmma64;
+    if (std::string(name) == "wgmma128") return GemmShapeId::kWgmma128;
     std::fprintf(stderr,
-                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, medium, large or "
-                 "wgmma\n",
+                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, medium, wgmma64 "
+                 "or wgmma128\n",
                  name);
     return std::nullopt;
   }();
@@ -54,8 +54,8 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
     grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
   } else {
     static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
-    using Cfg = WgmmaConfig<s.warps / 4, s.groups_per_warp, s.tile_tokens, s.wgmma_unit_n,
-                            s.stages, s.a_prefetch>;
+    using Cfg = WgmmaConfig<s.warps / 4, s.groups_per_warp, s.tile_tokens, s.wgmma_unit_n, s.stages,
+                            s.a_prefetch>;
     // Shared memory beyond 48 KB must be allowed per kernel, once.
     static const cudaError_t allowed =
         cudaFuncSetAttribute(wgmma_gemm_kernel<Cfg, kEpilogue>,
@@ -73,10 +73,10 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
       return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kMedium:
       return launch_shape<GemmShapeId::kMedium, kEpilogue>(p, grid_y, stream);
-    case GemmShapeId::kLarge:
-      return launch_shape<GemmShapeId::kLarge, kEpilogue>(p, grid_y, stream);
-    case GemmShapeId::kWgmma:
-      return launch_shape<GemmShapeId::kWgmma, kEpilogue>(p, grid_y, stream);
+    case GemmShapeId::kWgmma64:
+      return launch_shape<GemmShapeId::kWgmma64, kEpilogue>(p, grid_y, stream);
+    case GemmShapeId::kWgmma128:
+      return launch_shape<GemmShapeId::kWgmma128, kEpilogue>(p, grid_y, stream);
   }
   return cudaErrorInvalidValue;
 }
