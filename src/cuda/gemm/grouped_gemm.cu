@@ -4,7 +4,9 @@
 #include <cstdlib>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/gemm/grouped_gemm.cuh"
@@ -45,6 +47,21 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
 
 namespace {
 
+// Shared memory beyond 48 KB must be allowed per kernel and per device (the attribute belongs to
+// the device's context; one process may drive several GPUs from several threads).
+cudaError_t allow_dynamic_shared_memory(const void* kernel, int bytes) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> allowed;
+  int device = 0;
+  if (const cudaError_t status = cudaGetDevice(&device); status != cudaSuccess) return status;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (allowed.count({kernel, device}) != 0) return cudaSuccess;
+  const cudaError_t status =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (status == cudaSuccess) allowed.insert({kernel, device});
+  return status;
+}
+
 template <GemmShapeId kId, Epilogue kEpilogue>
 cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
   constexpr GemmShape s = gemm_shape(kId);
@@ -56,10 +73,8 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
     static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
     using Cfg = WgmmaConfig<s.warps / 4, s.groups_per_warp, s.tile_tokens, s.wgmma_unit_n, s.stages,
                             s.a_prefetch>;
-    // Shared memory beyond 48 KB must be allowed per kernel, once.
-    static const cudaError_t allowed =
-        cudaFuncSetAttribute(wgmma_gemm_kernel<Cfg, kEpilogue>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    const cudaError_t allowed = allow_dynamic_shared_memory(
+        reinterpret_cast<const void*>(&wgmma_gemm_kernel<Cfg, kEpilogue>), Cfg::kSmemBytes);
     if (allowed != cudaSuccess) return allowed;
     wgmma_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   }
