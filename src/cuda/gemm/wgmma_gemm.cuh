@@ -66,6 +66,7 @@ struct WgmmaConfig {
       (kStages * kStageBytes > kCombineBytes ? kStages * kStageBytes : kCombineBytes) + 1024;
   static_assert(kTileTokens % kUnitN == 0, "a tile is whole N units");
   static_assert(kUnits <= 4, "up to 4 units per tile");
+  static_assert(kTileTokens <= 32 * kConsumerWarps, "one consumer thread per token fetches");
   static_assert(kStageBytes % 1024 == 0, "each stage must start 1024-byte aligned");
   static_assert(kStages >= 4, "two stages read by MMAs, at least one in flight");
   static_assert((kAPrefetch + 1) % 2 == 0,
@@ -82,6 +83,19 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   const int g = lane / 4, t = lane % 4;
   const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kConsumerWarps + consumer_warp) * kGroups;
   const int units = (tile.rows + Cfg::kUnitN - 1) / Cfg::kUnitN;
+
+  // The weighted combine's per-token output row and routing weight, fetched now so the two
+  // dependent loads are long done by the epilogue (read after its barrier).
+  __shared__ int64_t combine_row[Cfg::kTileTokens];
+  __shared__ float combine_weight[Cfg::kTileTokens];
+  if constexpr (kEpilogue == Epilogue::kDownCombine) {
+    const int token = consumer_warp * 32 + lane;
+    if (token < tile.rows) {
+      const int32_t slot = p.sorted_slot[tile.row_begin + token];
+      combine_row[token] = int64_t(slot / p.top_k) * p.out_row_stride;
+      combine_weight[token] = p.topk_weights[slot];
+    }
+  }
 
   WeightStream streams[kGroups];
 #pragma unroll
@@ -176,7 +190,8 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   if constexpr (kEpilogue == Epilogue::kDownCombine) {
     // Through shared memory, so each lane adds 4 consecutive features of a token with one
     // vector reduction instead of 4 scalar atomics. The ring is free once every consumer's
-    // MMAs are done (the producer's copies all landed before the last stage was published).
+    // MMAs are done (the producer's copies all landed before the last stage was published);
+    // the barrier also publishes combine_row and combine_weight.
     constexpr int kStride = Cfg::kCombineStride;
     wgmma::fence_proxy_async_shared();
     ptx::named_barrier_sync(1, Cfg::kConsumerWarps * 32);
@@ -199,11 +214,9 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     const int quad = lane % kQuads;
     if (group0 + quad / 4 >= p.row_groups) return;  // rows past the matrix
     for (int token = lane / kQuads; token < tile.rows; token += 32 / kQuads) {
-      const int32_t slot = p.sorted_slot[tile.row_begin + token];
-      const float weight = p.topk_weights[slot];
+      const float weight = combine_weight[token];
       const float4 y = *reinterpret_cast<const float4*>(tile_out + token * kStride + 4 * quad);
-      float* out = static_cast<float*>(p.out) + int64_t(slot / p.top_k) * p.out_row_stride +
-                   group0 * 16 + 4 * quad;
+      float* out = static_cast<float*>(p.out) + combine_row[token] + group0 * 16 + 4 * quad;
       ptx::red_add_v4(out,
                       make_float4(weight * (scales.alpha * y.x), weight * (scales.alpha * y.y),
                                   weight * (scales.alpha * y.z), weight * (scales.alpha * y.w)));
