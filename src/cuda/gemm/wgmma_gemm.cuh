@@ -17,7 +17,12 @@
 //   units     = the tile is cut into kUnitN-token units; a unit with no token is skipped, so a
 //               tile of up to kTileTokens costs what it holds (rounded up to kUnitN)
 //
-// No block-wide barrier after set-up: the warpgroups only meet at the mbarriers.
+//   epilogue  = from registers (gated activation, plain store), or for the weighted combine
+//               through the drained ring in shared memory, so each lane adds 4 consecutive
+//               features of a token with one vector reduction
+//
+// No block-wide barrier after set-up: the warpgroups meet at the mbarriers, and the consumers
+// once more before the combine epilogue reuses the ring.
 #pragma once
 
 #include <cstdint>
