@@ -25,6 +25,7 @@
 // once more before the combine epilogue reuses the ring.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -49,10 +50,8 @@ struct WgmmaConfig {
   // Register budgets (multiples of 8): the producer keeps what its copies need, the consumers'
   // accumulators get the rest of the register file.
   static constexpr int kProducerRegisters = Loader::kLoadsPerThread > 8 ? 56 : 40;
-  static constexpr int kConsumerRegisters =
-      (64 * 1024 - kProducerThreads * kProducerRegisters) / (128 * kConsumers) / 8 * 8 > 240
-          ? 240
-          : (64 * 1024 - kProducerThreads * kProducerRegisters) / (128 * kConsumers) / 8 * 8;
+  static constexpr int kConsumerRegisters = std::min(
+      240, (64 * 1024 - kProducerThreads * kProducerRegisters) / (128 * kConsumers) / 8 * 8);
   // Chunks whose copies a producer thread keeps in flight before publishing the oldest: all
   // stages but the two the consumers' MMAs may be reading and one being refilled.
   static constexpr int kCopyLag = kStages - 3;
@@ -67,8 +66,7 @@ struct WgmmaConfig {
   static constexpr int kCombineBytes = kConsumerWarps * kTileTokens * kCombineStride * 4;
   // The ring (or the combine tiles), plus slack to start it on a 1024-byte boundary (the
   // swizzle's period).
-  static constexpr int kSmemBytes =
-      (kStages * kStageBytes > kCombineBytes ? kStages * kStageBytes : kCombineBytes) + 1024;
+  static constexpr int kSmemBytes = std::max(kStages * kStageBytes, kCombineBytes) + 1024;
   static_assert(kTileTokens % kUnitN == 0, "a tile is whole N units");
   static_assert(kUnits <= 4, "up to 4 units per tile");
   static_assert(kTileTokens <= 32 * kConsumerWarps, "one consumer thread per token fetches");
