@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite, on a machine with a Hopper (sm_90) GPU:
-#   1. every GPU test (kernels, the MoE runner, CUDA-graph replays), then the GEMM and MoE tests
-#      with each tile shape forced,
+#   1. every GPU test (kernels, the MoE runner, CUDA-graph replays, expert parallelism over the
+#      machine's GPUs), then the GEMM and MoE tests with each tile shape forced,
 #   2. the same suite in quick mode under compute-sanitizer memcheck and racecheck,
 #   3. the PyTorch ops' tests on the GPU (when the build has them), and the demo on the GPU.
 # Uses the build in $NVFP4MOE_BUILD (default build/), building it first if it is missing.
@@ -13,6 +13,15 @@ if [[ ! -x $build/tests/test_cuda ]]; then
   cmake --build "$build" -j "$(nproc)"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+# The all-to-all transport needs NCCL's device API as built against (2.28.9 or newer of 2.28);
+# PyTorch's wheel often carries a newer NCCL than the system's, so use it unless told otherwise.
+if [[ -z ${NVFP4MOE_NCCL:-} ]]; then
+  wheel_nccl=$(python3 -c "import importlib.util as u
+s = u.find_spec('nvidia.nccl')
+print(list(s.submodule_search_locations)[0] + '/lib/libnccl.so.2' if s else '')" 2>/dev/null || true)
+  if [[ -n $wheel_nccl && -f $wheel_nccl ]]; then export NVFP4MOE_NCCL=$wheel_nccl; fi
+fi
+echo "NCCL: ${NVFP4MOE_NCCL:-libnccl.so.2 from the loader path}"
 
 status=0
 summary=()

@@ -118,7 +118,7 @@ void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t expe
 
 void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwardArgs& args,
                  float* sums, void* workspace, uint32_t* error_flags, cudaStream_t stream,
-                 const AmaxHook& intermediate_amax_hook) {
+                 const ForwardExtras& extras) {
   if (sums == nullptr) {
     validate_forward_args(c, args);
   } else {
@@ -187,7 +187,12 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
     x.error_flags = error_flags;
     if (dynamic) {
       x.max_rows = tokens;
-      check_launch(launch_amax(x, amax, stream), "amax (hidden)");
+      x.device_rows = extras.device_rows;
+      if (extras.input_amax) {
+        extras.input_amax(amax, stream);
+      } else {
+        check_launch(launch_amax(x, amax, stream), "amax (hidden)");
+      }
       x.scale_source = ActivationScaleSource::kFromAmax;
       x.amax_bits = amax;
       gemm1.act_source = ActivationScaleSource::kFromAmax;
@@ -237,7 +242,7 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
     hs.error_flags = error_flags;
     if (dynamic) {
       check_launch(launch_amax(hs, amax + 1, stream), "amax (intermediate)");
-      if (intermediate_amax_hook) intermediate_amax_hook(amax + 1, stream);
+      if (extras.intermediate_amax) extras.intermediate_amax(amax + 1, stream);
       hs.scale_source = ActivationScaleSource::kFromAmax;
       hs.amax_bits = amax + 1;
       gemm2.act_source = ActivationScaleSource::kFromAmax;

@@ -37,10 +37,19 @@ void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t expe
 // Workspace bytes of moe_forward: a pure function of the config.
 size_t moe_workspace_bytes(const MoeConfig& config);
 
-// A step the caller inserts into the forward: under expert parallelism, dynamic W4A4 needs the
-// intermediate's amax over every rank's experts (the batch's), not this rank's alone; the hook
-// receives the amax word (bits of a float >= 0) once this rank's is computed, and the stream.
+// Steps an expert-parallel caller inserts into the forward (DESIGN §4: under dynamic W4A4 the
+// global scales come from the whole batch, every rank's tokens, not this rank's share).
 using AmaxHook = std::function<void(uint32_t* amax_bits, cudaStream_t stream)>;
+struct ForwardExtras {
+  // Dynamic W4A4: fills the zeroed amax word of the hidden states (bits of a float >= 0) in
+  // place of the forward's own pass over args.hidden.
+  AmaxHook input_amax;
+  // Dynamic W4A4: receives the intermediate's amax word once this rank's is computed.
+  AmaxHook intermediate_amax;
+  // If set, only rows [0, *device_rows) of args.hidden hold tokens; the ids of the others must
+  // be -1. Rows past it are neither read nor checked (their bytes may be stale).
+  const int32_t* device_rows = nullptr;
+};
 
 // The forward. With `sums` null, args.output [T, H] bf16 gets the layer's output; otherwise
 // sums [T, H] fp32 gets the sums before rounding (and args.output is not used). Input problems
@@ -48,7 +57,7 @@ using AmaxHook = std::function<void(uint32_t* amax_bits, cudaStream_t stream)>;
 // (route.hpp) and the offending slots are skipped.
 void moe_forward(const MoeConfig& config, const PreparedMoeWeights& weights,
                  const MoeForwardArgs& args, float* sums, void* workspace, uint32_t* error_flags,
-                 cudaStream_t stream, const AmaxHook& intermediate_amax_hook = {});
+                 cudaStream_t stream, const ForwardExtras& extras = {});
 
 // Throws Error for the bits of an error word read back from the device.
 void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what);

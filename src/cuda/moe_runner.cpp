@@ -76,11 +76,11 @@ class CudaMoeRunner final : public CudaRunner {
   }
 
   void forward_sums(const MoeForwardArgs& args, float* sums, void* workspace, cudaStream_t stream,
-                    const AmaxHook& intermediate_amax_hook) override {
+                    const ForwardExtras& extras) override {
     require(sums != nullptr || args.num_tokens == 0, ErrorKind::kInvalidArgument,
             "forward_sums: the fp32 output is null");
     moe_forward(config_, prepared_, args, sums, workspace, error_flags_.get<uint32_t>(), stream,
-                intermediate_amax_hook);
+                extras);
   }
 
   void check_errors(void* stream) override {

@@ -5,10 +5,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 
+#include "cuda/moe_forward.hpp"
 #include "nvfp4moe/linear.hpp"
 #include "nvfp4moe/moe.hpp"
 
@@ -32,10 +32,9 @@ class CudaRunner : public MoeRunner {
  public:
   // Like forward, but out [T, H] fp32 receives sum_j topk_weights * y over this runner's slots
   // (zero where a token has none); args.output is not used.
-  // intermediate_amax_hook: see moe_forward.hpp (expert parallelism, dynamic W4A4).
-  virtual void forward_sums(
-      const MoeForwardArgs& args, float* out, void* workspace, cudaStream_t stream,
-      const std::function<void(uint32_t*, cudaStream_t)>& intermediate_amax_hook = {}) = 0;
+  // extras: see moe_forward.hpp (expert parallelism).
+  virtual void forward_sums(const MoeForwardArgs& args, float* out, void* workspace,
+                            cudaStream_t stream, const ForwardExtras& extras = {}) = 0;
 };
 std::unique_ptr<CudaRunner> make_cuda_runner(const MoeConfig& config, const MoeWeights& weights);
 std::unique_ptr<Nvfp4Linear> make_linear(const LinearConfig& config, const NvFp4View& weight,

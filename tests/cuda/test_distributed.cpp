@@ -1,6 +1,7 @@
-// Expert parallelism over NCCL on 2 and 4 GPUs: each rank's output equals the single-GPU layer
-// on the same tokens and routing (checked against the float64 interval reference), including
-// ranks whose experts receive no tokens, eagerly and replayed from CUDA graphs.
+// Expert parallelism over NCCL on 2 and 4 GPUs, both transports: each rank's output equals the
+// single-GPU layer on the same tokens and routing (checked against the float64 interval
+// reference), including ranks whose experts receive no tokens, eagerly and replayed from CUDA
+// graphs with routing that changes between replays.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -8,6 +9,7 @@
 #include <thread>
 
 #include "core/synthetic.hpp"
+#include "cuda/dist/exchange.hpp"
 #include "cuda/dist/nccl_api.hpp"
 #include "gpu_test.hpp"
 #include "nvfp4moe/distributed.hpp"
@@ -39,6 +41,25 @@ TEST(ExpertRange, SplitsContiguouslyWithTheRemainderFirst) {
   EXPECT_THROW(expert_range(8, 2, 2), Error);
 }
 
+TEST(ExchangeWindow, RegionsAreAlignedDisjointAndLargeEnough) {
+  const int world = 3;
+  const int64_t tokens = 5, hidden = 48, top_k = 6, rows = world * tokens;
+  const cuda::ExchangeWindow w = cuda::exchange_window(world, tokens, hidden, top_k);
+  const std::array<size_t, 7> starts{w.counter, w.hidden,   w.ids,  w.weights,
+                                     w.source,  w.returned, w.bytes};
+  const std::array<size_t, 6> needed{4,
+                                     size_t(rows * hidden * 2),
+                                     size_t(rows * top_k * 4),
+                                     size_t(rows * top_k * 4),
+                                     size_t(rows * 4),
+                                     size_t(rows * hidden * 4)};
+  for (size_t i = 0; i < needed.size(); ++i) {
+    EXPECT_EQ(starts[i] % 256, 0u) << "region " << i;
+    EXPECT_GE(starts[i + 1] - starts[i], needed[i]) << "region " << i;
+  }
+  EXPECT_EQ(w.counter, 0u);
+}
+
 struct RankBatch {
   std::vector<uint16_t> hidden;
   std::vector<int32_t> ids;
@@ -47,8 +68,9 @@ struct RankBatch {
 
 // Runs `world` ranks, one thread and one GPU each, for `replays` batches per rank (a graph
 // captured on the first when `graph` is set), and checks every rank's output.
-void run_world(int world, const MoeConfig& layer, const MoeWeights& all_weights,
-               int64_t tokens_per_rank, bool all_on_rank0, bool graph, int replays) {
+void run_world(int world, Transport transport, const MoeConfig& layer,
+               const MoeWeights& all_weights, int64_t tokens_per_rank, bool all_on_rank0,
+               bool graph, int replays) {
   cuda::LocalCommunicators comms([&] {
     std::vector<int> devices(world);
     for (int r = 0; r < world; ++r) devices[r] = r;
@@ -100,7 +122,7 @@ void run_world(int world, const MoeConfig& layer, const MoeWeights& all_weights,
         cudaSetDevice(r);
         const ExpertRange range = expert_range(layer.num_experts, world, r);
         auto moe = make_distributed_moe(layer, all_weights.slice(range.first, range.count),
-                                        {world, r, comms[r], tokens_per_rank});
+                                        {world, r, comms[r], tokens_per_rank, transport});
         DeviceBuffer hidden(Device::kCuda, size_t(tokens_per_rank * layer.hidden) * 2);
         DeviceBuffer ids(Device::kCuda, size_t(tokens_per_rank * layer.top_k) * 4);
         DeviceBuffer weights(Device::kCuda, size_t(tokens_per_rank * layer.top_k) * 4);
@@ -163,45 +185,125 @@ void run_world(int world, const MoeConfig& layer, const MoeWeights& all_weights,
   for (int r = 0; r < world; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
 }
 
-class Distributed : public ::testing::TestWithParam<int> {
+struct WorldCase {
+  int world;
+  Transport transport;
+};
+
+class Distributed : public ::testing::TestWithParam<WorldCase> {
  protected:
   void SetUp() override {
     std::string reason;
     if (!cuda::device_usable(&reason)) GTEST_SKIP() << "GPU test skipped: " << reason;
-    if (device_count() < GetParam()) {
-      GTEST_SKIP() << "needs " << GetParam() << " GPUs, this machine has " << device_count();
+    if (device_count() < GetParam().world) {
+      GTEST_SKIP() << "needs " << GetParam().world << " GPUs, this machine has " << device_count();
+    }
+    if (GetParam().transport == Transport::kAllToAll) {
+      try {
+        cuda::NcclApi::get().require_device_api("the all-to-all transport");
+      } catch (const Error& e) {
+        GTEST_SKIP() << e.what();
+      }
     }
   }
 };
 
 TEST_P(Distributed, EqualsTheSingleGpuLayer) {
-  const int world = GetParam();
+  const auto [world, transport] = GetParam();
   for (const QuantMode mode : {QuantMode::kW4A16, QuantMode::kW4A4}) {
     MoeConfig layer = MoeConfig::single_rank(16, 256, 128, 4, 1);
     layer.mode = mode;
     const MoeWeights weights = random_layer(16, 256, 128, 77).nvfp4;
-    run_world(world, layer, weights, 24, /*all_on_rank0=*/false, /*graph=*/false, 2);
+    run_world(world, transport, layer, weights, 24, /*all_on_rank0=*/false, /*graph=*/false, 2);
   }
 }
 
 TEST_P(Distributed, RanksWhoseExpertsGetNoTokens) {
-  const int world = GetParam();
+  const auto [world, transport] = GetParam();
   const MoeConfig layer = MoeConfig::single_rank(16, 256, 128, 4, 1);
   const MoeWeights weights = random_layer(16, 256, 128, 78).nvfp4;
-  run_world(world, layer, weights, 16, /*all_on_rank0=*/true, /*graph=*/false, 1);
+  run_world(world, transport, layer, weights, 16, /*all_on_rank0=*/true, /*graph=*/false, 1);
 }
 
 TEST_P(Distributed, GraphReplaysWithChangingRouting) {
-  const int world = GetParam();
-  const MoeConfig layer = MoeConfig::single_rank(16, 128, 64, 4, 1);
-  const MoeWeights weights = random_layer(16, 128, 64, 79).nvfp4;
-  run_world(world, layer, weights, 8, /*all_on_rank0=*/false, /*graph=*/true, 10);
+  const auto [world, transport] = GetParam();
+  for (const QuantMode mode : {QuantMode::kW4A16, QuantMode::kW4A4}) {
+    MoeConfig layer = MoeConfig::single_rank(16, 128, 64, 4, 1);
+    layer.mode = mode;
+    const MoeWeights weights = random_layer(16, 128, 64, 79).nvfp4;
+    run_world(world, transport, layer, weights, 8, /*all_on_rank0=*/false, /*graph=*/true, 10);
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(WorldSizes, Distributed, ::testing::Values(2, 4),
-                         [](const ::testing::TestParamInfo<int>& info_) {
-                           return "world" + std::to_string(info_.param);
-                         });
+// Ranks of 520 tokens (more than one pass of the exchange kernels' 512 warps), DeepSeek's
+// k = 8, and experts that do not split evenly (the first ranks own one more).
+TEST_P(Distributed, ManyTokensAndAnUnevenExpertSplit) {
+  const auto [world, transport] = GetParam();
+  const MoeConfig layer = MoeConfig::single_rank(19, 128, 64, 8, 1);
+  const MoeWeights weights = random_layer(19, 128, 64, 80).nvfp4;
+  run_world(world, transport, layer, weights, 520, /*all_on_rank0=*/false, /*graph=*/false, 2);
+}
+
+// An id outside [-1, E) on rank 0: check_errors names it on the ranks that saw it (every rank
+// after an all-gather; only the sender with the all-to-all, which sends the slot nowhere).
+TEST_P(Distributed, BadExpertIdIsReportedByItsRank) {
+  const auto [world, transport] = GetParam();
+  const MoeConfig layer = MoeConfig::single_rank(16, 128, 64, 4, 1);
+  const MoeWeights weights = random_layer(16, 128, 64, 81).nvfp4;
+  const int64_t tokens = 4;
+  cuda::LocalCommunicators comms([&] {
+    std::vector<int> devices(world);
+    for (int r = 0; r < world; ++r) devices[r] = r;
+    return devices;
+  }());
+  std::vector<std::string> errors(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      cudaSetDevice(r);
+      const ExpertRange range = expert_range(layer.num_experts, world, r);
+      auto moe = make_distributed_moe(layer, weights.slice(range.first, range.count),
+                                      {world, r, comms[r], tokens, transport});
+      const auto hidden = random_bf16(size_t(tokens * layer.hidden), 1.0f, 90 + r);
+      Routing routing = random_routing(tokens, layer.num_experts, layer.top_k, 91 + r);
+      if (r == 0) routing.ids[5] = 300;
+      const DeviceBuffer d_hidden = to_device(hidden);
+      const DeviceBuffer d_ids = to_device(routing.ids);
+      const DeviceBuffer d_weights = to_device(routing.weights);
+      DeviceBuffer out(Device::kCuda, hidden.size() * 2);
+      DeviceBuffer workspace(Device::kCuda, moe->workspace_bytes());
+      cudaStream_t stream;
+      cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+      cudaDeviceSynchronize();  // the uploads
+      moe->forward({tokens, d_hidden.as<uint16_t>(), d_ids.as<int32_t>(), d_weights.as<float>(),
+                    out.as<uint16_t>()},
+                   workspace.data(), stream);
+      try {
+        moe->check_errors(stream);
+      } catch (const Error& e) {
+        errors[r] = e.what();
+      }
+      cudaStreamDestroy(stream);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int r = 0; r < world; ++r) {
+    if (r == 0 || transport == Transport::kAllGather) {
+      EXPECT_NE(errors[r].find("outside [-1, 16)"), std::string::npos) << "rank " << r;
+    } else {
+      EXPECT_EQ(errors[r], "") << "rank " << r;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    WorldSizes, Distributed,
+    ::testing::Values(WorldCase{2, Transport::kAllGather}, WorldCase{2, Transport::kAllToAll},
+                      WorldCase{4, Transport::kAllGather}, WorldCase{4, Transport::kAllToAll}),
+    [](const ::testing::TestParamInfo<WorldCase>& info_) {
+      return "world" + std::to_string(info_.param.world) +
+             (info_.param.transport == Transport::kAllGather ? "_allgather" : "_alltoall");
+    });
 
 }  // namespace
 }  // namespace nvfp4moe

@@ -1,13 +1,18 @@
-// The NCCL expert-parallel layer: all-gather + local experts + reduce-scatter.
+// The NCCL expert-parallel layer, with either transport (distributed.hpp).
 //
-// Workspace: gathered hidden [W*T, H] bf16 | gathered ids [W*T, k] | gathered weights [W*T, k]
-//            | sums [W*T, H] fp32 | reduced [T, H] fp32 | the local runner's workspace
+// All-gather workspace: gathered hidden [W*T, H] bf16 | gathered ids [W*T, k] | gathered
+//   weights [W*T, k] | sums [W*T, H] fp32 | reduced [T, H] fp32 | the local runner's workspace
+// All-to-all workspace: sums [W*T, H] fp32 | the local runner's workspace; the received rows and
+//   returned sums live in the layer's own symmetric window (exchange.hpp).
 #include "nvfp4moe/distributed.hpp"
 
 #include "core/check.hpp"
 #include "cuda/combine/combine.hpp"
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/dist/exchange.hpp"
 #include "cuda/dist/nccl_api.hpp"
+#include "cuda/quant/quant.hpp"
+#include "cuda/route/route.hpp"
 #include "cuda/runtime_cuda.hpp"
 
 namespace nvfp4moe {
@@ -21,24 +26,53 @@ ExpertRange expert_range(int64_t num_experts, int world_size, int rank) {
   return {rank * base + std::min<int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
 }
 
+const char* to_string(Transport transport) {
+  switch (transport) {
+    case Transport::kAllGather:
+      return "all-gather";
+    case Transport::kAllToAll:
+      return "all-to-all";
+  }
+  return "?";
+}
+
 namespace cuda {
 namespace {
 
 size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-class NcclMoe final : public DistributedMoe {
+// This rank's runner config: its expert range, and room for every rank's tokens.
+MoeConfig local_layer(const MoeConfig& layer, const DistributedOptions& o) {
+  require(o.nccl_comm != nullptr, ErrorKind::kInvalidArgument,
+          "distributed MoE: no NCCL communicator");
+  require(o.max_tokens_per_rank >= 1, ErrorKind::kInvalidArgument,
+          "distributed MoE: max_tokens_per_rank = {}, expected >= 1", o.max_tokens_per_rank);
+  const ExpertRange range = expert_range(layer.num_experts, o.world_size, o.rank);
+  MoeConfig config = layer;
+  config.first_local_expert = range.first;
+  config.num_local_experts = range.count;
+  config.max_tokens = o.world_size * o.max_tokens_per_rank;
+  return config;
+}
+
+void check_forward_args(const MoeForwardArgs& args, const DistributedOptions& o) {
+  require(args.num_tokens >= 0 && args.num_tokens <= o.max_tokens_per_rank,
+          ErrorKind::kInvalidArgument,
+          "distributed forward: {} tokens on rank {}, but at most {} per rank", args.num_tokens,
+          o.rank, o.max_tokens_per_rank);
+}
+
+void require_pointers(const MoeForwardArgs& args, const void* workspace) {
+  require(workspace != nullptr && args.hidden && args.topk_ids && args.topk_weights && args.output,
+          ErrorKind::kInvalidArgument,
+          "distributed forward: workspace, hidden, topk_ids, topk_weights and output are required");
+}
+
+class AllGatherMoe final : public DistributedMoe {
  public:
-  NcclMoe(const MoeConfig& layer, const MoeWeights& weights, const DistributedOptions& o)
+  AllGatherMoe(const MoeConfig& layer, const MoeWeights& weights, const DistributedOptions& o)
       : options_(o) {
-    require(o.nccl_comm != nullptr, ErrorKind::kInvalidArgument,
-            "distributed MoE: no NCCL communicator");
-    require(o.max_tokens_per_rank >= 1, ErrorKind::kInvalidArgument,
-            "distributed MoE: max_tokens_per_rank = {}, expected >= 1", o.max_tokens_per_rank);
-    const ExpertRange range = expert_range(layer.num_experts, o.world_size, o.rank);
-    config_ = layer;
-    config_.first_local_expert = range.first;
-    config_.num_local_experts = range.count;
-    config_.max_tokens = o.world_size * o.max_tokens_per_rank;
+    config_ = local_layer(layer, o);
     runner_ = make_cuda_runner(config_, weights);
 
     const size_t all_tokens = size_t(config_.max_tokens);
@@ -63,16 +97,9 @@ class NcclMoe final : public DistributedMoe {
   size_t workspace_bytes() const override { return total_; }
 
   void forward(const MoeForwardArgs& args, void* workspace, void* stream_handle) override {
-    require(args.num_tokens >= 0 && args.num_tokens <= options_.max_tokens_per_rank,
-            ErrorKind::kInvalidArgument,
-            "distributed forward: {} tokens on rank {}, but at most {} per rank", args.num_tokens,
-            options_.rank, options_.max_tokens_per_rank);
+    check_forward_args(args, options_);
     if (args.num_tokens == 0) return;
-    require(
-        workspace != nullptr && args.hidden && args.topk_ids && args.topk_weights && args.output,
-        ErrorKind::kInvalidArgument,
-        "distributed forward: workspace, hidden, topk_ids, topk_weights and output are "
-        "required");
+    require_pointers(args, workspace);
     const auto stream = static_cast<cudaStream_t>(stream_handle);
     auto* base = static_cast<uint8_t*>(workspace);
     const int64_t tokens = args.num_tokens, k = config_.top_k, hidden = config_.hidden;
@@ -103,7 +130,9 @@ class NcclMoe final : public DistributedMoe {
       nccl.check(nccl.all_reduce(amax_bits, amax_bits, 1, ncclUint32, ncclMax, comm, s),
                  "ncclAllReduce (intermediate amax)");
     };
-    runner_->forward_sums(all, sums, base + runner_workspace_, stream, batch_amax);
+    ForwardExtras extras;
+    extras.intermediate_amax = batch_amax;
+    runner_->forward_sums(all, sums, base + runner_workspace_, stream, extras);
 
     auto* reduced = reinterpret_cast<float*>(base + reduced_);
     nccl.check(nccl.reduce_scatter(sums, reduced, size_t(tokens * hidden), ncclFloat32, ncclSum,
@@ -122,6 +151,152 @@ class NcclMoe final : public DistributedMoe {
   size_t total_ = 0;
 };
 
+class AllToAllMoe final : public DistributedMoe {
+ public:
+  AllToAllMoe(const MoeConfig& layer, const MoeWeights& weights, const DistributedOptions& o)
+      : options_(o), config_(local_layer(layer, o)) {
+    require(o.world_size <= kExchangeMaxRanks, ErrorKind::kUnsupported,
+            "the all-to-all transport: world size {}, at most {}", o.world_size, kExchangeMaxRanks);
+    NcclApi& nccl = NcclApi::get();
+    nccl.require_device_api("the all-to-all transport");
+    runner_ = make_cuda_runner(config_, weights);
+    comm_ = static_cast<ncclComm_t>(o.nccl_comm);
+    window_at_ =
+        exchange_window(o.world_size, o.max_tokens_per_rank, config_.hidden, config_.top_k);
+    nccl.check(nccl.mem_alloc(&window_memory_, window_at_.bytes), "ncclMemAlloc (window)");
+    auto* base = static_cast<uint8_t*>(window_memory_);
+    // No rows received yet, and every row's ids -1 (exchange.hpp); zero rows are finite.
+    NVFP4MOE_CUDA_CHECK(cudaMemset(base, 0, window_at_.bytes));
+    NVFP4MOE_CUDA_CHECK(
+        cudaMemset(base + window_at_.ids, 0xFF, window_at_.weights - window_at_.ids));
+    NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());  // before any peer can store into it
+    nccl.check(nccl.window_register(comm_, window_memory_, window_at_.bytes, &window_,
+                                    NCCL_WIN_COLL_SYMMETRIC),
+               "ncclCommWindowRegister");
+    ncclDevCommRequirements_t requirements{};
+    requirements.lsaBarrierCount = kExchangeBlocks;
+    nccl.check(nccl.dev_comm_create(comm_, &requirements, &dev_comm_), "ncclDevCommCreate");
+    dev_comm_created_ = true;
+    require(dev_comm_.lsaSize == o.world_size && dev_comm_.lsaRank == o.rank,
+            ErrorKind::kUnsupported,
+            "the all-to-all transport needs every rank load/store reachable (one NVLink "
+            "domain): rank {} of {} reaches {} ranks directly (lsa rank {})",
+            o.rank, o.world_size, dev_comm_.lsaSize, dev_comm_.lsaRank);
+    error_flags_ = DeviceMemory(sizeof(uint32_t));
+    device_memset(error_flags_.get(), 0, sizeof(uint32_t));
+
+    const size_t rows = size_t(config_.max_tokens);
+    size_t at = 0;
+    sums_ = at;
+    at += align_up(rows * size_t(config_.hidden) * 4);
+    runner_workspace_ = at;
+    total_ = at + runner_->workspace_bytes();
+  }
+
+  ~AllToAllMoe() override {
+    NcclApi& nccl = NcclApi::get();
+    if (dev_comm_created_) nccl.dev_comm_destroy(comm_, &dev_comm_);
+    if (window_ != nullptr) nccl.window_deregister(comm_, window_);
+    if (window_memory_ != nullptr) nccl.mem_free(window_memory_);
+  }
+  AllToAllMoe(const AllToAllMoe&) = delete;
+  AllToAllMoe& operator=(const AllToAllMoe&) = delete;
+
+  const MoeConfig& local_config() const override { return config_; }
+  size_t workspace_bytes() const override { return total_; }
+
+  void forward(const MoeForwardArgs& args, void* workspace, void* stream_handle) override {
+    check_forward_args(args, options_);
+    if (args.num_tokens == 0) return;
+    require_pointers(args, workspace);
+    const auto stream = static_cast<cudaStream_t>(stream_handle);
+    auto* base = static_cast<uint8_t*>(workspace);
+    auto* window = static_cast<uint8_t*>(window_memory_);
+    const int64_t tokens = args.num_tokens;
+    NcclApi& nccl = NcclApi::get();
+
+    ExchangeParams exchange;
+    exchange.comm = dev_comm_;
+    exchange.window = window_;
+    exchange.at = window_at_;
+    exchange.world_size = options_.world_size;
+    exchange.rank = options_.rank;
+    exchange.num_experts = static_cast<int32_t>(config_.num_experts);
+    exchange.experts_base = static_cast<int32_t>(config_.num_experts / options_.world_size);
+    exchange.experts_extra = static_cast<int32_t>(config_.num_experts % options_.world_size);
+    exchange.hidden = static_cast<int32_t>(config_.hidden);
+    exchange.top_k = static_cast<int32_t>(config_.top_k);
+    exchange.tokens = static_cast<int32_t>(tokens);
+    exchange.max_tokens_per_rank = static_cast<int32_t>(options_.max_tokens_per_rank);
+    exchange.local_hidden = args.hidden;
+    exchange.local_ids = args.topk_ids;
+    exchange.local_weights = args.topk_weights;
+    exchange.sums = reinterpret_cast<const float*>(base + sums_);
+    exchange.output = args.output;
+    exchange.error_flags = error_flags_.get<uint32_t>();
+    NVFP4MOE_CUDA_CHECK(launch_dispatch(exchange, stream));
+
+    // The received rows: at most W * T, the first *counter of them filled.
+    auto* received = reinterpret_cast<const int32_t*>(window + window_at_.counter);
+    MoeForwardArgs rows;
+    rows.num_tokens = tokens * options_.world_size;
+    rows.hidden = reinterpret_cast<const uint16_t*>(window + window_at_.hidden);
+    rows.topk_ids = reinterpret_cast<const int32_t*>(window + window_at_.ids);
+    rows.topk_weights = reinterpret_cast<const float*>(window + window_at_.weights);
+    ForwardExtras extras;
+    extras.device_rows = received;
+    auto all_reduce_max = [&](uint32_t* amax_bits, cudaStream_t s) {
+      nccl.check(nccl.all_reduce(amax_bits, amax_bits, 1, ncclUint32, ncclMax, comm_, s),
+                 "ncclAllReduce (amax)");
+    };
+    // Dynamic W4A4: the global scales come from the whole batch (every rank's tokens), as on
+    // one GPU: this rank's own tokens' amax, then the maximum over ranks (uint32 bits: floats
+    // >= 0 order like them).
+    extras.input_amax = [&](uint32_t* amax_bits, cudaStream_t s) {
+      QuantizeSource own;
+      own.input = args.hidden;
+      own.input_row_stride = config_.hidden;
+      own.cols = static_cast<int32_t>(config_.hidden);
+      own.max_rows = tokens;
+      own.error_flags = error_flags_.get<uint32_t>();
+      NVFP4MOE_CUDA_CHECK(launch_amax(own, amax_bits, s));
+      all_reduce_max(amax_bits, s);
+    };
+    extras.intermediate_amax = all_reduce_max;
+    runner_->forward_sums(rows, reinterpret_cast<float*>(base + sums_), base + runner_workspace_,
+                          stream, extras);
+
+    NVFP4MOE_CUDA_CHECK(launch_return(exchange, stream));
+    NVFP4MOE_CUDA_CHECK(launch_reduce(exchange, stream));
+  }
+
+  void check_errors(void* stream) override {
+    runner_->check_errors(stream);
+    NVFP4MOE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+    uint32_t flags = 0;
+    copy_to_host(&flags, error_flags_.get(), sizeof flags);
+    device_memset(error_flags_.get(), 0, sizeof flags);
+    require(!(flags & kErrorExchangeOverflow), ErrorKind::kInvalidArgument,
+            "distributed forward: the ranks passed different token counts (rank {} received "
+            "more rows than world_size * its own count); every rank must pass the same count",
+            options_.rank);
+    raise_device_errors(flags, config_.num_experts, "distributed forward");
+  }
+
+ private:
+  DistributedOptions options_;
+  MoeConfig config_;
+  std::unique_ptr<CudaRunner> runner_;
+  ncclComm_t comm_ = nullptr;
+  ExchangeWindow window_at_;
+  void* window_memory_ = nullptr;
+  ncclWindow_t window_ = nullptr;
+  ncclDevComm_t dev_comm_{};
+  bool dev_comm_created_ = false;
+  DeviceMemory error_flags_;
+  size_t sums_ = 0, runner_workspace_ = 0, total_ = 0;
+};
+
 }  // namespace
 }  // namespace cuda
 
@@ -129,7 +304,13 @@ std::unique_ptr<DistributedMoe> make_distributed_moe(const MoeConfig& layer,
                                                      const MoeWeights& local_weights,
                                                      const DistributedOptions& options) {
   layer.validate();
-  return std::make_unique<cuda::NcclMoe>(layer, local_weights, options);
+  switch (options.transport) {
+    case Transport::kAllGather:
+      return std::make_unique<cuda::AllGatherMoe>(layer, local_weights, options);
+    case Transport::kAllToAll:
+      return std::make_unique<cuda::AllToAllMoe>(layer, local_weights, options);
+  }
+  throw Error(ErrorKind::kInvalidArgument, "make_distributed_moe: unknown transport");
 }
 
 }  // namespace nvfp4moe

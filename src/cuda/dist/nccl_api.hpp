@@ -3,6 +3,7 @@
 #pragma once
 
 #include <nccl.h>
+#include <nccl_device/impl/comm__types.h>
 
 #include <string>
 #include <vector>
@@ -30,6 +31,23 @@ class NcclApi {
   ncclResult_t (*group_start)() = nullptr;
   ncclResult_t (*group_end)() = nullptr;
   const char* (*error_string)(ncclResult_t) = nullptr;
+  ncclResult_t (*get_version)(int*) = nullptr;
+
+  // The device API (symmetric memory windows, device communicators), NCCL >= 2.28. Null when
+  // the loaded library predates it; require_device_api() says so in words.
+  ncclResult_t (*mem_alloc)(void**, size_t) = nullptr;
+  ncclResult_t (*mem_free)(void*) = nullptr;
+  ncclResult_t (*window_register)(ncclComm_t, void*, size_t, ncclWindow_t*, int) = nullptr;
+  ncclResult_t (*window_deregister)(ncclComm_t, ncclWindow_t) = nullptr;
+  ncclResult_t (*dev_comm_create)(ncclComm_t, const ncclDevCommRequirements_t*,
+                                  ncclDevComm_t*) = nullptr;
+  ncclResult_t (*dev_comm_destroy)(ncclComm_t, const ncclDevComm_t*) = nullptr;
+
+  // The loaded library's version code (NCCL_VERSION_CODE form, e.g. 22809 for 2.28.9).
+  int version() const;
+  // An Error unless the loaded NCCL has the device API with the ncclDevComm layout this build
+  // was compiled against (the headers' major.minor, at least their patch level).
+  void require_device_api(const char* who) const;
 
  private:
   NcclApi();
