@@ -9,13 +9,16 @@ namespace nvfp4moe::testing {
 
 namespace {
 
-// Thread i decodes a word holding codes[i] in all 8 nibbles with prepared scale code
-// scale_codes[i] for both rows; writes the 8 bf16 results.
+// Thread i decodes a word holding codes[i] in all 8 nibbles (prepared_layout.hpp's bit places)
+// with prepared scale code scale_codes[i] for both rows; writes the 8 bf16 results.
 __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_codes, int count,
                                     uint16_t* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
-  const uint32_t word = codes[i] * 0x11111111u;
+  uint32_t word = 0;
+  for (int reg = 0; reg < 4; ++reg) {
+    for (int odd = 0; odd < 2; ++odd) word |= cuda::place_nibble(codes[i], reg, odd);
+  }
   const uint32_t scale = cuda::scale_pair(scale_codes[i]);
   uint32_t a[4];
   cuda::decode_a_fragment(word, scale, scale, a);

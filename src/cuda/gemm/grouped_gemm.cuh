@@ -26,7 +26,9 @@ struct GemmConfig {
   // where the loop is a stream of weight bytes and latency must be covered by loads in flight.
   static constexpr int kAPrefetch = kAPrefetch_;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kStages = 3;
+  // NOTE: a power of two, so the stage of a chunk is a mask, not a division by 3 (3 instructions
+  // of ~150 per chunk and warp at T = 1, ncu).
+  static constexpr int kStages = 4;
   static constexpr int kNTiles = kTileTokens / 8;
   using Loader = TokenLoader<kTileTokens, kThreads>;
   static constexpr int kStageElements = Loader::kStageElements;  // bf16 per stage

@@ -138,13 +138,16 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
 #pragma unroll
         for (int step = 0; step < 4; ++step) decode_step(ring[u][i], step, frag[i][step]);
 
+      // NOTE: the fence before the wait keeps the decode above it, so the decode overlaps the
+      // stage's arrival; after the 11-op decode, ptxas otherwise sank it below the wait
+      // (T >= 4096: 6% slower).
+      wgmma::fence();
       const int stage = chunk % Cfg::kStages;
       ptx::mbarrier_wait(&full[stage], (chunk / Cfg::kStages) & 1);
 
       // The tile's non-empty units, each a straight run of MMAs (a branch between two MMAs
       // would make the compiler fence the registers before each).
       const uint32_t stage_address = smem_b_address + stage * Cfg::kStageBytes;
-      wgmma::fence();
       auto issue = [&](auto active) {
 #pragma unroll
         for (int step = 0; step < 4; ++step) {

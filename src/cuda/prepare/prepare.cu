@@ -37,7 +37,8 @@ __global__ void prepare_codes_kernel(const PrepareParams p) {
     const int64_t group = w / (128 * shape.k_chunks());
     uint32_t word = 0;
     for (int slot = 0; slot < 8; ++slot) {
-      const NibbleSource at = nibble_source(lane, step, slot);
+      const int reg = slot & 3, odd = slot >> 2;
+      const NibbleSource at = nibble_source(lane, step, reg, odd);
       const int64_t k = chunk * kChunkK + at.k;
       if (k >= p.k) continue;
       const SourceRow row = source_row(p, group, at.row);
@@ -45,7 +46,7 @@ __global__ void prepare_codes_kernel(const PrepareParams p) {
       // scale's prepared code may be anything (prepared_layout.hpp).
       if ((row.scales[k / 16] & 0x7F) == 0) continue;
       const uint32_t nibble = (row.values[k / 2] >> (4 * (k & 1))) & 0xFu;
-      word |= nibble << (4 * slot);
+      word |= place_nibble(nibble, reg, odd);
     }
     reinterpret_cast<uint32_t*>(p.codes)[w] = word;
   }
