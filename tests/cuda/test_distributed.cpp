@@ -60,6 +60,13 @@ TEST(ExchangeWindow, RegionsAreAlignedDisjointAndLargeEnough) {
   EXPECT_EQ(w.counter, 0u);
 }
 
+// Devices 0 .. world-1.
+std::vector<int> first_devices(int world) {
+  std::vector<int> devices(world);
+  for (int r = 0; r < world; ++r) devices[r] = r;
+  return devices;
+}
+
 struct RankBatch {
   std::vector<uint16_t> hidden;
   std::vector<int32_t> ids;
@@ -71,11 +78,7 @@ struct RankBatch {
 void run_world(int world, Transport transport, const MoeConfig& layer,
                const MoeWeights& all_weights, int64_t tokens_per_rank, bool all_on_rank0,
                bool graph, int replays) {
-  cuda::LocalCommunicators comms([&] {
-    std::vector<int> devices(world);
-    for (int r = 0; r < world; ++r) devices[r] = r;
-    return devices;
-  }());
+  cuda::LocalCommunicators comms(first_devices(world));
   // Batches for every replay and rank, and the reference of the whole (all ranks') batch.
   std::vector<std::vector<RankBatch>> batches(replays, std::vector<RankBatch>(world));
   std::vector<std::vector<testing::ReferenceOutput>> references(replays);
@@ -235,8 +238,8 @@ TEST_P(Distributed, GraphReplaysWithChangingRouting) {
   }
 }
 
-// Ranks of 520 tokens (more than one pass of the exchange kernels' 512 warps), DeepSeek's
-// k = 8, and experts that do not split evenly (the first ranks own one more).
+// Ranks of 520 tokens (several passes of the exchange kernels' blocks, one token each),
+// DeepSeek's k = 8, and experts that do not split evenly (the first ranks own one more).
 TEST_P(Distributed, ManyTokensAndAnUnevenExpertSplit) {
   const auto [world, transport] = GetParam();
   const MoeConfig layer = MoeConfig::single_rank(19, 128, 64, 8, 1);
@@ -251,11 +254,7 @@ TEST_P(Distributed, BadExpertIdIsReportedByItsRank) {
   const MoeConfig layer = MoeConfig::single_rank(16, 128, 64, 4, 1);
   const MoeWeights weights = random_layer(16, 128, 64, 81).nvfp4;
   const int64_t tokens = 4;
-  cuda::LocalCommunicators comms([&] {
-    std::vector<int> devices(world);
-    for (int r = 0; r < world; ++r) devices[r] = r;
-    return devices;
-  }());
+  cuda::LocalCommunicators comms(first_devices(world));
   std::vector<std::string> errors(world);
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {

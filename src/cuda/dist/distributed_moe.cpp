@@ -55,24 +55,42 @@ MoeConfig local_layer(const MoeConfig& layer, const DistributedOptions& o) {
   return config;
 }
 
-void check_forward_args(const MoeForwardArgs& args, const DistributedOptions& o) {
-  require(args.num_tokens >= 0 && args.num_tokens <= o.max_tokens_per_rank,
-          ErrorKind::kInvalidArgument,
-          "distributed forward: {} tokens on rank {}, but at most {} per rank", args.num_tokens,
-          o.rank, o.max_tokens_per_rank);
-}
+// What both transports share: this rank's config and runner, and the checks of forward.
+class NcclMoeBase : public DistributedMoe {
+ public:
+  NcclMoeBase(const MoeConfig& layer, const DistributedOptions& o)
+      : options_(o), config_(local_layer(layer, o)) {}
 
-void require_pointers(const MoeForwardArgs& args, const void* workspace) {
-  require(workspace != nullptr && args.hidden && args.topk_ids && args.topk_weights && args.output,
-          ErrorKind::kInvalidArgument,
-          "distributed forward: workspace, hidden, topk_ids, topk_weights and output are required");
-}
+  const MoeConfig& local_config() const override { return config_; }
+  size_t workspace_bytes() const override { return total_; }
 
-class AllGatherMoe final : public DistributedMoe {
+  void forward(const MoeForwardArgs& args, void* workspace, void* stream) final {
+    require(args.num_tokens >= 0 && args.num_tokens <= options_.max_tokens_per_rank,
+            ErrorKind::kInvalidArgument,
+            "distributed forward: {} tokens on rank {}, but at most {} per rank", args.num_tokens,
+            options_.rank, options_.max_tokens_per_rank);
+    if (args.num_tokens == 0) return;
+    require(
+        workspace != nullptr && args.hidden && args.topk_ids && args.topk_weights && args.output,
+        ErrorKind::kInvalidArgument,
+        "distributed forward: workspace, hidden, topk_ids, topk_weights and output are required");
+    run(args, static_cast<uint8_t*>(workspace), static_cast<cudaStream_t>(stream));
+  }
+
+ protected:
+  // forward after its checks, with at least one token.
+  virtual void run(const MoeForwardArgs& args, uint8_t* workspace, cudaStream_t stream) = 0;
+
+  DistributedOptions options_;
+  MoeConfig config_;
+  std::unique_ptr<CudaRunner> runner_;
+  size_t total_ = 0;  // workspace bytes
+};
+
+class AllGatherMoe final : public NcclMoeBase {
  public:
   AllGatherMoe(const MoeConfig& layer, const MoeWeights& weights, const DistributedOptions& o)
-      : options_(o) {
-    config_ = local_layer(layer, o);
+      : NcclMoeBase(layer, o) {
     runner_ = make_cuda_runner(config_, weights);
 
     const size_t all_tokens = size_t(config_.max_tokens);
@@ -93,15 +111,10 @@ class AllGatherMoe final : public DistributedMoe {
     total_ = at;
   }
 
-  const MoeConfig& local_config() const override { return config_; }
-  size_t workspace_bytes() const override { return total_; }
+  void check_errors(void* stream) override { runner_->check_errors(stream); }
 
-  void forward(const MoeForwardArgs& args, void* workspace, void* stream_handle) override {
-    check_forward_args(args, options_);
-    if (args.num_tokens == 0) return;
-    require_pointers(args, workspace);
-    const auto stream = static_cast<cudaStream_t>(stream_handle);
-    auto* base = static_cast<uint8_t*>(workspace);
+ private:
+  void run(const MoeForwardArgs& args, uint8_t* base, cudaStream_t stream) override {
     const int64_t tokens = args.num_tokens, k = config_.top_k, hidden = config_.hidden;
     auto* comm = static_cast<ncclComm_t>(options_.nccl_comm);
     NcclApi& nccl = NcclApi::get();
@@ -141,20 +154,13 @@ class AllGatherMoe final : public DistributedMoe {
     NVFP4MOE_CUDA_CHECK(launch_round_to_bf16(reduced, args.output, tokens * hidden, stream));
   }
 
-  void check_errors(void* stream) override { runner_->check_errors(stream); }
-
- private:
-  DistributedOptions options_;
-  MoeConfig config_;
-  std::unique_ptr<CudaRunner> runner_;
   size_t hidden_ = 0, ids_ = 0, weights_ = 0, sums_ = 0, reduced_ = 0, runner_workspace_ = 0;
-  size_t total_ = 0;
 };
 
-class AllToAllMoe final : public DistributedMoe {
+class AllToAllMoe final : public NcclMoeBase {
  public:
   AllToAllMoe(const MoeConfig& layer, const MoeWeights& weights, const DistributedOptions& o)
-      : options_(o), config_(local_layer(layer, o)) {
+      : NcclMoeBase(layer, o) {
     require(o.world_size <= kExchangeMaxRanks, ErrorKind::kUnsupported,
             "the all-to-all transport: world size {}, at most {}", o.world_size, kExchangeMaxRanks);
     NcclApi& nccl = NcclApi::get();
@@ -202,15 +208,8 @@ class AllToAllMoe final : public DistributedMoe {
   AllToAllMoe(const AllToAllMoe&) = delete;
   AllToAllMoe& operator=(const AllToAllMoe&) = delete;
 
-  const MoeConfig& local_config() const override { return config_; }
-  size_t workspace_bytes() const override { return total_; }
-
-  void forward(const MoeForwardArgs& args, void* workspace, void* stream_handle) override {
-    check_forward_args(args, options_);
-    if (args.num_tokens == 0) return;
-    require_pointers(args, workspace);
-    const auto stream = static_cast<cudaStream_t>(stream_handle);
-    auto* base = static_cast<uint8_t*>(workspace);
+ private:
+  void run(const MoeForwardArgs& args, uint8_t* base, cudaStream_t stream) override {
     auto* window = static_cast<uint8_t*>(window_memory_);
     const int64_t tokens = args.num_tokens;
     NcclApi& nccl = NcclApi::get();
@@ -270,6 +269,7 @@ class AllToAllMoe final : public DistributedMoe {
     NVFP4MOE_CUDA_CHECK(launch_reduce(exchange, stream));
   }
 
+ public:
   void check_errors(void* stream) override {
     runner_->check_errors(stream);
     NVFP4MOE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
@@ -284,9 +284,6 @@ class AllToAllMoe final : public DistributedMoe {
   }
 
  private:
-  DistributedOptions options_;
-  MoeConfig config_;
-  std::unique_ptr<CudaRunner> runner_;
   ncclComm_t comm_ = nullptr;
   ExchangeWindow window_at_;
   void* window_memory_ = nullptr;
@@ -294,7 +291,7 @@ class AllToAllMoe final : public DistributedMoe {
   ncclDevComm_t dev_comm_{};
   bool dev_comm_created_ = false;
   DeviceMemory error_flags_;
-  size_t sums_ = 0, runner_workspace_ = 0, total_ = 0;
+  size_t sums_ = 0, runner_workspace_ = 0;
 };
 
 }  // namespace
