@@ -60,6 +60,28 @@ TEST(ExchangeWindow, RegionsAreAlignedDisjointAndLargeEnough) {
   EXPECT_EQ(w.counter, 0u);
 }
 
+// Limits of the all-to-all, checked before NCCL or a GPU is touched (a stand-in communicator).
+TEST(AllToAllTransport, RefusesMoreThan32RanksOrSlots) {
+  void* const stand_in = reinterpret_cast<void*>(uintptr_t{1});
+  const MoeConfig wide = MoeConfig::single_rank(64, 128, 64, 40, 1);
+  const MoeWeights weights = random_layer(32, 128, 64, 82).nvfp4;
+  try {
+    make_distributed_moe(wide, weights, {2, 0, stand_in, 4, Transport::kAllToAll});
+    FAIL() << "top_k = 40 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("top_k = 40, at most 32"), std::string::npos) << e.what();
+  }
+  const MoeConfig many = MoeConfig::single_rank(66, 128, 64, 4, 1);
+  try {
+    make_distributed_moe(many, weights, {33, 0, stand_in, 4, Transport::kAllToAll});
+    FAIL() << "33 ranks accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("world size 33, at most 32"), std::string::npos)
+        << e.what();
+  }
+}
+
 // Devices 0 .. world-1.
 std::vector<int> first_devices(int world) {
   std::vector<int> devices(world);

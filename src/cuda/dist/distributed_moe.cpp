@@ -163,6 +163,8 @@ class AllToAllMoe final : public NcclMoeBase {
       : NcclMoeBase(layer, o) {
     require(o.world_size <= kExchangeMaxRanks, ErrorKind::kUnsupported,
             "the all-to-all transport: world size {}, at most {}", o.world_size, kExchangeMaxRanks);
+    require(config_.top_k <= kExchangeMaxTopK, ErrorKind::kUnsupported,
+            "the all-to-all transport: top_k = {}, at most {}", config_.top_k, kExchangeMaxTopK);
     NcclApi& nccl = NcclApi::get();
     nccl.require_device_api("the all-to-all transport");
     runner_ = make_cuda_runner(config_, weights);

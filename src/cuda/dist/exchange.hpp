@@ -38,6 +38,7 @@ namespace nvfp4moe::cuda {
 
 inline constexpr int kExchangeBlocks = 64;  // also the number of LSA barriers to request
 inline constexpr int kExchangeMaxRanks = 32;
+inline constexpr int kExchangeMaxTopK = 32;  // one lane of a warp per routing slot
 
 // Device error bits of the exchange (the runner's own are in route.hpp).
 inline constexpr uint32_t kErrorExchangeBadExpertId = 1u;  // same bit as kErrorBadExpertId
