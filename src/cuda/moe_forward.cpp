@@ -20,6 +20,7 @@
 
 #include "cuda/combine/combine.hpp"
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/common/regions.hpp"
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/prepare/prepare.hpp"
 #include "cuda/quant/quant.hpp"
@@ -28,9 +29,6 @@
 namespace nvfp4moe::cuda {
 
 namespace {
-
-constexpr size_t kAlign = 256;
-size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // Byte offsets of the workspace regions; a pure function of the config.
 struct Layout {
@@ -43,31 +41,27 @@ struct Layout {
     const size_t slots = static_cast<size_t>(c.max_tokens * c.top_k);
     const bool w4a4 = c.mode == QuantMode::kW4A4;
     const bool per_slot_x = w4a4 && c.activation_scale == ActivationScale::kStatic;
-    size_t at = 0;
-    auto take = [&at](size_t bytes) {
-      const size_t offset = at;
-      at += align_up(bytes);
-      return offset;
-    };
+    Regions regions;
     // counts, cursors and the two amax words are contiguous so one memset clears them.
-    counts = at;
+    zeroed_bytes = experts * 8 + 8;
+    counts = regions.take(zeroed_bytes);
     cursors = counts + experts * 4;
     amax = cursors + experts * 4;
-    zeroed_bytes = experts * 8 + 8;
-    take(zeroed_bytes);
-    offsets = take((experts + 1) * 4);
-    num_tiles = take(4);
+    offsets = regions.take((experts + 1) * 4);
+    num_tiles = regions.take(4);
     // The table is sized for the narrowest tile any shape uses.
-    tiles = take(static_cast<size_t>(max_route_tiles(int64_t(slots), c.num_local_experts,
-                                                     gemm_shape(GemmShapeId::kSmall).tile_tokens)) *
-                 sizeof(GemmTile));
-    sorted_slot = take(slots * 4);
-    sorted_expert = take(slots * 4);
-    xq = take(w4a4 ? (per_slot_x ? slots : size_t(c.max_tokens)) * size_t(c.hidden) * 2 : 0);
-    h = take(slots * size_t(c.intermediate) * (w4a4 ? 4 : 2));
-    hq = take(w4a4 ? slots * size_t(c.intermediate) * 2 : 0);
-    out_acc = take(size_t(c.max_tokens) * size_t(c.hidden) * 4);
-    total = at;
+    tiles = regions.take(
+        static_cast<size_t>(max_route_tiles(int64_t(slots), c.num_local_experts,
+                                            gemm_shape(GemmShapeId::kSmall).tile_tokens)) *
+        sizeof(GemmTile));
+    sorted_slot = regions.take(slots * 4);
+    sorted_expert = regions.take(slots * 4);
+    xq =
+        regions.take(w4a4 ? (per_slot_x ? slots : size_t(c.max_tokens)) * size_t(c.hidden) * 2 : 0);
+    h = regions.take(slots * size_t(c.intermediate) * (w4a4 ? 4 : 2));
+    hq = regions.take(w4a4 ? slots * size_t(c.intermediate) * 2 : 0);
+    out_acc = regions.take(size_t(c.max_tokens) * size_t(c.hidden) * 4);
+    total = regions.end();
   }
 };
 

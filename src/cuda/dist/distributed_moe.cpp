@@ -9,10 +9,10 @@
 #include "core/check.hpp"
 #include "cuda/combine/combine.hpp"
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/common/regions.hpp"
 #include "cuda/dist/exchange.hpp"
 #include "cuda/dist/nccl_api.hpp"
 #include "cuda/quant/quant.hpp"
-#include "cuda/route/route.hpp"
 #include "cuda/runtime_cuda.hpp"
 
 namespace nvfp4moe {
@@ -39,8 +39,6 @@ const char* to_string(Transport transport) {
 namespace cuda {
 namespace {
 
-size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 // This rank's runner config: its expert range, and room for every rank's tokens.
 MoeConfig local_layer(const MoeConfig& layer, const DistributedOptions& o) {
   require(o.nccl_comm != nullptr, ErrorKind::kInvalidArgument,
@@ -53,6 +51,17 @@ MoeConfig local_layer(const MoeConfig& layer, const DistributedOptions& o) {
   config.num_local_experts = range.count;
   config.max_tokens = o.world_size * o.max_tokens_per_rank;
   return config;
+}
+
+// Dynamic W4A4 takes its global scales from the amax of the whole batch, every rank's tokens
+// or experts: the maximum over ranks of each rank's own amax word (bits of a float >= 0, which
+// order like the floats), in place, on the stream.
+AmaxHook all_reduce_amax(ncclComm_t comm) {
+  return [comm](uint32_t* amax_bits, cudaStream_t stream) {
+    NcclApi& nccl = NcclApi::get();
+    nccl.check(nccl.all_reduce(amax_bits, amax_bits, 1, ncclUint32, ncclMax, comm, stream),
+               "ncclAllReduce (amax)");
+  };
 }
 
 // What both transports share: this rank's config and runner, and the checks of forward.
@@ -96,19 +105,14 @@ class AllGatherMoe final : public NcclMoeBase {
     const size_t all_tokens = size_t(config_.max_tokens);
     const size_t slots = all_tokens * size_t(config_.top_k);
     const size_t hidden = size_t(config_.hidden);
-    size_t at = 0;
-    auto take = [&at](size_t bytes) {
-      const size_t offset = at;
-      at += align_up(bytes);
-      return offset;
-    };
-    hidden_ = take(all_tokens * hidden * 2);
-    ids_ = take(slots * 4);
-    weights_ = take(slots * 4);
-    sums_ = take(all_tokens * hidden * 4);
-    reduced_ = take(size_t(o.max_tokens_per_rank) * hidden * 4);
-    runner_workspace_ = take(runner_->workspace_bytes());
-    total_ = at;
+    Regions regions;
+    hidden_ = regions.take(all_tokens * hidden * 2);
+    ids_ = regions.take(slots * 4);
+    weights_ = regions.take(slots * 4);
+    sums_ = regions.take(all_tokens * hidden * 4);
+    reduced_ = regions.take(size_t(o.max_tokens_per_rank) * hidden * 4);
+    runner_workspace_ = regions.take(runner_->workspace_bytes());
+    total_ = regions.end();
   }
 
   void check_errors(void* stream) override { runner_->check_errors(stream); }
@@ -137,14 +141,8 @@ class AllGatherMoe final : public NcclMoeBase {
     all.topk_ids = reinterpret_cast<const int32_t*>(base + ids_);
     all.topk_weights = reinterpret_cast<const float*>(base + weights_);
     auto* sums = reinterpret_cast<float*>(base + sums_);
-    // Dynamic W4A4 quantizes the intermediate with the amax of the whole batch: every rank's
-    // experts, so the ranks agree on it (as uint32 bits: floats >= 0 order like them).
-    auto batch_amax = [&](uint32_t* amax_bits, cudaStream_t s) {
-      nccl.check(nccl.all_reduce(amax_bits, amax_bits, 1, ncclUint32, ncclMax, comm, s),
-                 "ncclAllReduce (intermediate amax)");
-    };
     ForwardExtras extras;
-    extras.intermediate_amax = batch_amax;
+    extras.intermediate_amax = all_reduce_amax(comm);
     runner_->forward_sums(all, sums, base + runner_workspace_, stream, extras);
 
     auto* reduced = reinterpret_cast<float*>(base + reduced_);
@@ -193,12 +191,23 @@ class AllToAllMoe final : public NcclMoeBase {
     error_flags_ = DeviceMemory(sizeof(uint32_t));
     device_memset(error_flags_.get(), 0, sizeof(uint32_t));
 
-    const size_t rows = size_t(config_.max_tokens);
-    size_t at = 0;
-    sums_ = at;
-    at += align_up(rows * size_t(config_.hidden) * 4);
-    runner_workspace_ = at;
-    total_ = at + runner_->workspace_bytes();
+    exchange_.comm = dev_comm_;
+    exchange_.window = window_;
+    exchange_.at = window_at_;
+    exchange_.world_size = o.world_size;
+    exchange_.rank = o.rank;
+    exchange_.num_experts = static_cast<int32_t>(config_.num_experts);
+    exchange_.experts_base = static_cast<int32_t>(config_.num_experts / o.world_size);
+    exchange_.experts_extra = static_cast<int32_t>(config_.num_experts % o.world_size);
+    exchange_.hidden = static_cast<int32_t>(config_.hidden);
+    exchange_.top_k = static_cast<int32_t>(config_.top_k);
+    exchange_.max_tokens_per_rank = static_cast<int32_t>(o.max_tokens_per_rank);
+    exchange_.error_flags = error_flags_.get<uint32_t>();
+
+    Regions regions;
+    sums_ = regions.take(size_t(config_.max_tokens) * size_t(config_.hidden) * 4);
+    runner_workspace_ = regions.take(runner_->workspace_bytes());
+    total_ = regions.end();
   }
 
   ~AllToAllMoe() override {
@@ -214,27 +223,14 @@ class AllToAllMoe final : public NcclMoeBase {
   void run(const MoeForwardArgs& args, uint8_t* base, cudaStream_t stream) override {
     auto* window = static_cast<uint8_t*>(window_memory_);
     const int64_t tokens = args.num_tokens;
-    NcclApi& nccl = NcclApi::get();
 
-    ExchangeParams exchange;
-    exchange.comm = dev_comm_;
-    exchange.window = window_;
-    exchange.at = window_at_;
-    exchange.world_size = options_.world_size;
-    exchange.rank = options_.rank;
-    exchange.num_experts = static_cast<int32_t>(config_.num_experts);
-    exchange.experts_base = static_cast<int32_t>(config_.num_experts / options_.world_size);
-    exchange.experts_extra = static_cast<int32_t>(config_.num_experts % options_.world_size);
-    exchange.hidden = static_cast<int32_t>(config_.hidden);
-    exchange.top_k = static_cast<int32_t>(config_.top_k);
+    ExchangeParams exchange = exchange_;  // the layer's part, set once
     exchange.tokens = static_cast<int32_t>(tokens);
-    exchange.max_tokens_per_rank = static_cast<int32_t>(options_.max_tokens_per_rank);
     exchange.local_hidden = args.hidden;
     exchange.local_ids = args.topk_ids;
     exchange.local_weights = args.topk_weights;
     exchange.sums = reinterpret_cast<const float*>(base + sums_);
     exchange.output = args.output;
-    exchange.error_flags = error_flags_.get<uint32_t>();
     NVFP4MOE_CUDA_CHECK(launch_dispatch(exchange, stream));
 
     // The received rows: at most W * T, the first *counter of them filled.
@@ -246,13 +242,8 @@ class AllToAllMoe final : public NcclMoeBase {
     rows.topk_weights = reinterpret_cast<const float*>(window + window_at_.weights);
     ForwardExtras extras;
     extras.device_rows = received;
-    auto all_reduce_max = [&](uint32_t* amax_bits, cudaStream_t s) {
-      nccl.check(nccl.all_reduce(amax_bits, amax_bits, 1, ncclUint32, ncclMax, comm_, s),
-                 "ncclAllReduce (amax)");
-    };
-    // Dynamic W4A4: the global scales come from the whole batch (every rank's tokens), as on
-    // one GPU: this rank's own tokens' amax, then the maximum over ranks (uint32 bits: floats
-    // >= 0 order like them).
+    const AmaxHook all_reduce = all_reduce_amax(comm_);
+    // Dynamic W4A4: this rank's own tokens' amax, then the maximum over ranks.
     extras.input_amax = [&](uint32_t* amax_bits, cudaStream_t s) {
       QuantizeSource own;
       own.input = args.hidden;
@@ -261,9 +252,9 @@ class AllToAllMoe final : public NcclMoeBase {
       own.max_rows = tokens;
       own.error_flags = error_flags_.get<uint32_t>();
       NVFP4MOE_CUDA_CHECK(launch_amax(own, amax_bits, s));
-      all_reduce_max(amax_bits, s);
+      all_reduce(amax_bits, s);
     };
-    extras.intermediate_amax = all_reduce_max;
+    extras.intermediate_amax = all_reduce;
     runner_->forward_sums(rows, reinterpret_cast<float*>(base + sums_), base + runner_workspace_,
                           stream, extras);
 
@@ -293,6 +284,7 @@ class AllToAllMoe final : public NcclMoeBase {
   ncclDevComm_t dev_comm_{};
   bool dev_comm_created_ = false;
   DeviceMemory error_flags_;
+  ExchangeParams exchange_;  // all but the per-forward fields (tokens and pointers)
   size_t sums_ = 0, runner_workspace_ = 0;
 };
 

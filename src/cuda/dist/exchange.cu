@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "cuda/common/regions.hpp"
 #include "cuda/dist/exchange.hpp"
 #include "nvfp4moe/format.hpp"
 
@@ -15,8 +16,6 @@ namespace nvfp4moe::cuda {
 namespace {
 
 constexpr int kThreads = 512;
-
-size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 template <typename T>
 __device__ T* window_pointer(const ExchangeParams& p, size_t offset, int peer) {
@@ -41,7 +40,7 @@ __device__ TokenRoute token_route(const ExchangeParams& p, int64_t token, int la
   if (lane < p.top_k) {
     id = p.local_ids[token * p.top_k + lane];
     if (id < -1 || id >= p.num_experts) {
-      if (p.error_flags != nullptr) atomicOr(p.error_flags, kErrorExchangeBadExpertId);
+      if (p.error_flags != nullptr) atomicOr(p.error_flags, kErrorBadExpertId);
       id = -1;
     }
   }
@@ -191,19 +190,14 @@ ExchangeWindow exchange_window(int world_size, int64_t max_tokens_per_rank, int6
                                int64_t top_k) {
   const size_t rows = size_t(world_size) * size_t(max_tokens_per_rank);
   ExchangeWindow w;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t offset = at;
-    at += align_up(bytes);
-    return offset;
-  };
-  w.counter = take(8);  // the counter, and the count the return kernel saw
-  w.hidden = take(rows * size_t(hidden) * 2);
-  w.ids = take(rows * size_t(top_k) * 4);
-  w.weights = take(rows * size_t(top_k) * 4);
-  w.source = take(rows * 4);
-  w.returned = take(rows * size_t(hidden) * 4);
-  w.bytes = at;
+  Regions regions;
+  w.counter = regions.take(8);  // the counter, and the count the return kernel saw
+  w.hidden = regions.take(rows * size_t(hidden) * 2);
+  w.ids = regions.take(rows * size_t(top_k) * 4);
+  w.weights = regions.take(rows * size_t(top_k) * 4);
+  w.source = regions.take(rows * 4);
+  w.returned = regions.take(rows * size_t(hidden) * 4);
+  w.bytes = regions.end();
   return w;
 }
 

@@ -34,15 +34,19 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/route/route.hpp"
+
 namespace nvfp4moe::cuda {
 
 inline constexpr int kExchangeBlocks = 64;  // also the number of LSA barriers to request
 inline constexpr int kExchangeMaxRanks = 32;
 inline constexpr int kExchangeMaxTopK = 32;  // one lane of a warp per routing slot
 
-// Device error bits of the exchange (the runner's own are in route.hpp).
-inline constexpr uint32_t kErrorExchangeBadExpertId = 1u;  // same bit as kErrorBadExpertId
-inline constexpr uint32_t kErrorExchangeOverflow = 4u;     // ranks passed different token counts
+// The exchange's error word takes the runner's bits (route.hpp: kErrorBadExpertId for ids
+// outside [-1, E), kErrorNonFiniteActivation from the input amax) and one of its own.
+inline constexpr uint32_t kErrorExchangeOverflow = 4u;  // ranks passed different token counts
+static_assert((kErrorExchangeOverflow & (kErrorBadExpertId | kErrorNonFiniteActivation)) == 0,
+              "the exchange's own error bit must not be one of the runner's");
 
 struct ExchangeWindow {
   size_t counter = 0, hidden = 0, ids = 0, weights = 0, source = 0, returned = 0;
