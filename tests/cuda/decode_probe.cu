@@ -10,30 +10,41 @@ namespace nvfp4moe::testing {
 namespace {
 
 // Thread i decodes a word holding codes[i] in all 8 nibbles (prepared_layout.hpp's bit places)
-// with prepared scale code scale_codes[i] for both rows; writes the 8 bf16 results.
+// as each of the chunk's 4 k16 steps, step s with prepared scale code scale_codes[(i + s) %
+// count] for both rows (so a step that took another step's scale shows); writes the 32 bf16
+// results (step-major).
 __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_codes, int count,
-                                    uint16_t* out) {
+                                    bool chunk_scales, uint16_t* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
   uint32_t word = 0;
   for (int reg = 0; reg < 4; ++reg) {
     for (int odd = 0; odd < 2; ++odd) word |= cuda::place_nibble(codes[i], reg, odd);
   }
-  const uint32_t scale = cuda::scale_pair(scale_codes[i]);
-  uint32_t a[4];
-  cuda::decode_a_fragment(word, scale, scale, a);
-  for (int j = 0; j < 4; ++j) {
-    out[8 * i + 2 * j] = static_cast<uint16_t>(a[j] & 0xFFFFu);
-    out[8 * i + 2 * j + 1] = static_cast<uint16_t>(a[j] >> 16);
+  uint32_t step_codes = 0;
+  for (int step = 0; step < 4; ++step) {
+    step_codes |= uint32_t(scale_codes[(i + step) % count]) << (8 * step);
+  }
+#pragma unroll
+  for (int step = 0; step < 4; ++step) {
+    const cuda::RowScales scales =
+        chunk_scales ? cuda::row_scales(step_codes) : cuda::step_scales(step_codes, step);
+    uint32_t a[4];
+    cuda::decode_a_fragment(word, scales, scales, step, a);
+    for (int j = 0; j < 4; ++j) {
+      out[32 * i + 8 * step + 2 * j] = static_cast<uint16_t>(a[j] & 0xFFFFu);
+      out[32 * i + 8 * step + 2 * j + 1] = static_cast<uint16_t>(a[j] >> 16);
+    }
   }
 }
 
 }  // namespace
 
 std::string run_decode_probe(const std::vector<uint8_t>& codes,
-                             const std::vector<uint8_t>& scale_codes, std::vector<uint16_t>& out) {
+                             const std::vector<uint8_t>& scale_codes, bool chunk_scales,
+                             std::vector<uint16_t>& out) {
   const int count = static_cast<int>(codes.size());
-  out.assign(8 * codes.size(), 0);
+  out.assign(32 * codes.size(), 0);
   uint8_t *d_codes = nullptr, *d_scales = nullptr;
   uint16_t* d_out = nullptr;
   cudaError_t status = cudaMalloc(&d_codes, count);
@@ -45,7 +56,8 @@ std::string run_decode_probe(const std::vector<uint8_t>& codes,
     status = cudaMemcpy(d_scales, scale_codes.data(), count, cudaMemcpyHostToDevice);
   }
   if (status == cudaSuccess) {
-    decode_probe_kernel<<<(count + 127) / 128, 128>>>(d_codes, d_scales, count, d_out);
+    decode_probe_kernel<<<(count + 127) / 128, 128>>>(d_codes, d_scales, count, chunk_scales,
+                                                      d_out);
     status = cudaGetLastError();
   }
   if (status == cudaSuccess) {

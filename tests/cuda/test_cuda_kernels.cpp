@@ -23,9 +23,10 @@ using testing::to_device;
 using testing::to_host;
 
 // Every (E2M1 code, non-zero E4M3 scale) pair decodes to exactly e2m1 * e4m3 * 2^-16 in all
-// eight positions of the fragment. (A zero scale never reaches the decode: preparation zeroes
-// the codes of such blocks, which the linear tests below exercise. Negative and NaN scales are
-// rejected before preparation.)
+// eight positions of the fragment, in each of a chunk's four k16 steps (each step with its own
+// scale byte), with the row scales taken per chunk and per step. (A zero scale never reaches
+// the decode: preparation zeroes the codes of such blocks, which the linear tests below
+// exercise. Negative and NaN scales are rejected before preparation.)
 TEST(CudaDecode, AllCodeScalePairsAreExact) {
   NVFP4MOE_REQUIRE_GPU();
   std::vector<uint8_t> codes, scale_codes, scales;
@@ -36,23 +37,28 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
       scale_codes.push_back(cuda::prepared_scale_code(static_cast<uint8_t>(scale)));
     }
   }
-  std::vector<uint16_t> out;
-  ASSERT_EQ(testing::run_decode_probe(codes, scale_codes, out), "");
-  int mismatches = 0;
-  for (size_t i = 0; i < codes.size(); ++i) {
-    const double expected = testing::reference_e2m1_value(codes[i]) *
-                            testing::reference_e4m3_value(scales[i]) * std::ldexp(1.0, -16);
-    for (int j = 0; j < 8; ++j) {
-      const double actual = bf16_to_float(out[8 * i + j]);
-      if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
-        if (++mismatches <= 10) {
-          ADD_FAILURE() << "code " << int(codes[i]) << " scale 0x" << std::hex << int(scales[i])
-                        << std::dec << " position " << j << ": " << actual << " != " << expected;
+  for (const bool chunk_scales : {true, false}) {
+    SCOPED_TRACE(chunk_scales ? "row scales per chunk" : "row scales per step");
+    std::vector<uint16_t> out;
+    ASSERT_EQ(testing::run_decode_probe(codes, scale_codes, chunk_scales, out), "");
+    int mismatches = 0;
+    for (size_t i = 0; i < codes.size(); ++i) {
+      for (int j = 0; j < 32; ++j) {
+        const uint8_t scale = scales[(i + j / 8) % codes.size()];
+        const double expected = testing::reference_e2m1_value(codes[i]) *
+                                testing::reference_e4m3_value(scale) * std::ldexp(1.0, -16);
+        const double actual = bf16_to_float(out[32 * i + j]);
+        if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
+          if (++mismatches <= 10) {
+            ADD_FAILURE() << "code " << int(codes[i]) << " scale 0x" << std::hex << int(scale)
+                          << std::dec << " step " << j / 8 << " position " << j % 8 << ": "
+                          << actual << " != " << expected;
+          }
         }
       }
     }
+    EXPECT_EQ(mismatches, 0);
   }
-  EXPECT_EQ(mismatches, 0);
 }
 
 // The tile-shape heuristic is a pure function: checked without a GPU.

@@ -6,7 +6,8 @@
 // Multiplying by the prepared scale (s * 2^110) then gives e2m1 * s * 2^-16, which has at most
 // 6 significant bits and so is exact in bf16: the fragments hold the exact weights, scaled by
 // a power of two that the epilogue takes back. Cost per 8 weights: 11 integer ops and 4 bf16
-// multiplies (the word's bit layout in prepared_layout.hpp is chosen for that).
+// multiplies (the word's bit layout in prepared_layout.hpp is chosen for that), plus the scales:
+// 10 integer ops per 16-row group and chunk (2.5 per 8 weights) with row_scales.
 #pragma once
 
 #include <cstdint>
@@ -16,26 +17,71 @@
 
 namespace nvfp4moe::cuda {
 
-// bf16 pair (s, s) * 2^110 from a prepared scale code.
-__device__ __forceinline__ uint32_t scale_pair(uint32_t code) {
-  return code * 0x00100010u + 0x72007200u;
+// The prepared scale codes of one row for the four k16 steps of a chunk (byte s: step s) as
+// bf16 values s * 2^110: `even` holds steps 0 and 2 (lo and hi half), `odd` steps 1 and 3.
+// Five integer ops per row and chunk; the multiply takes its half with an operand selector.
+struct RowScales {
+  uint32_t even;
+  uint32_t odd;
+};
+__device__ __forceinline__ RowScales row_scales(uint32_t codes) {
+  return {(codes & 0x00FF00FFu) * 16u + 0x72007200u,
+          ((codes >> 8) & 0x00FF00FFu) * 16u + 0x72007200u};
 }
 
-// One k16 step of one 16-row group: the word (prepared_layout.hpp) and the scale pairs of rows
-// g and g+8 give the four A registers: each register's sign and magnitude bits moved to bf16
-// bits 15 and 8:6 of both halves, times the scale.
-__device__ __forceinline__ void decode_a_fragment(uint32_t word, uint32_t scale_row_g,
-                                                  uint32_t scale_row_g8, uint32_t (&a)[4]) {
+// The same for step `step` alone (both halves of both words hold its scale): three integer ops
+// per row and step. Measured faster than row_scales in the mma.sync kernel for 32-token tiles,
+// which decodes one step at a time between its MMAs (docs/performance.md, version 5).
+__device__ __forceinline__ RowScales step_scales(uint32_t codes, int step) {
+  const uint32_t pair = ((codes >> (8 * step)) & 0xFFu) * 0x00100010u + 0x72007200u;
+  return {pair, pair};
+}
+
+// r * (s, s), with s the half of `pair` (0: lo, 1: hi) broadcast to both lanes. ptxas folds the
+// broadcast into the multiply's operand selector.
+template <int kHalf>
+__device__ __forceinline__ uint32_t mul_bf16x2_by_half(uint32_t r, uint32_t pair) {
+  uint32_t d;
+  if constexpr (kHalf == 0) {
+    asm("{\n.reg .b16 lo, hi;\n.reg .b32 s;\nmov.b32 {lo, hi}, %2;\nmov.b32 s, {lo, lo};\n"
+        "mul.rn.bf16x2 %0, %1, s;\n}\n"
+        : "=r"(d)
+        : "r"(r), "r"(pair));
+  } else {
+    asm("{\n.reg .b16 lo, hi;\n.reg .b32 s;\nmov.b32 {lo, hi}, %2;\nmov.b32 s, {hi, hi};\n"
+        "mul.rn.bf16x2 %0, %1, s;\n}\n"
+        : "=r"(d)
+        : "r"(r), "r"(pair));
+  }
+  return d;
+}
+
+// One k16 step `step` (0..3, a constant after unrolling) of one 16-row group: the word
+// (prepared_layout.hpp) and the scales of rows g and g+8 give the four A registers: each
+// register's sign and magnitude bits moved to bf16 bits 15 and 8:6 of both halves, times the
+// scale.
+__device__ __forceinline__ void decode_a_fragment(uint32_t word, const RowScales& row_g,
+                                                  const RowScales& row_g8, int step,
+                                                  uint32_t (&a)[4]) {
   constexpr uint32_t kSign = 0x80008000u, kMagnitude = 0x01C001C0u;
   const uint32_t r0 = word & (kSign | kMagnitude);
   const uint32_t r1 = (word << 3) & (kSign | kMagnitude);
   const uint32_t r2 = (word << 6) & (kSign | kMagnitude);
   const uint32_t r3 =
       ((word << 1) & kSign) | ((word >> 3) & 0x01800180u) | ((word >> 7) & 0x00400040u);
-  a[0] = ptx::mul_bf16x2(r0, scale_row_g);
-  a[1] = ptx::mul_bf16x2(r1, scale_row_g8);
-  a[2] = ptx::mul_bf16x2(r2, scale_row_g);
-  a[3] = ptx::mul_bf16x2(r3, scale_row_g8);
+  const uint32_t scale_g = step % 2 == 0 ? row_g.even : row_g.odd;
+  const uint32_t scale_g8 = step % 2 == 0 ? row_g8.even : row_g8.odd;
+  if (step < 2) {
+    a[0] = mul_bf16x2_by_half<0>(r0, scale_g);
+    a[1] = mul_bf16x2_by_half<0>(r1, scale_g8);
+    a[2] = mul_bf16x2_by_half<0>(r2, scale_g);
+    a[3] = mul_bf16x2_by_half<0>(r3, scale_g8);
+  } else {
+    a[0] = mul_bf16x2_by_half<1>(r0, scale_g);
+    a[1] = mul_bf16x2_by_half<1>(r1, scale_g8);
+    a[2] = mul_bf16x2_by_half<1>(r2, scale_g);
+    a[3] = mul_bf16x2_by_half<1>(r3, scale_g8);
+  }
 }
 
 }  // namespace nvfp4moe::cuda

@@ -136,18 +136,24 @@ struct WeightStream {
   }
 };
 
-// The four A registers of k16 step `step` of a chunk (nvfp4_decode.cuh).
-// NOTE: taking the scale byte with a byte permute (__byte_perm) instead of the shift and mask
-// saves an instruction per scale but measured slower: mma.sync kernels +6% at T = 8..256, wgmma
-// kernels +3% at T = 1024 (-1% at T >= 4096).
+// The four A registers of k16 step `step` (a constant after unrolling) of a chunk
+// (nvfp4_decode.cuh). With kChunkScales the row scales of all four steps come from one set of
+// operations, which the compiler shares between the unrolled steps; otherwise each step
+// extracts its own.
+// NOTE: kChunkScales measured 7% faster for the 8-token tiles at T = 1 and 1.5-3% for the
+// wgmma kernels, but 5% slower for the 32-token mma.sync tiles (T = 256 and 512). Taking the
+// scale byte with a byte permute (__byte_perm) measured slower everywhere.
+template <bool kChunkScales>
 __device__ __forceinline__ void decode_step(const WeightChunk& w, int step, uint32_t (&a)[4]) {
   const uint32_t word = step == 0   ? w.codes.x
                         : step == 1 ? w.codes.y
                         : step == 2 ? w.codes.z
                                     : w.codes.w;
-  const uint32_t scale_g = (w.scales.x >> (8 * step)) & 0xFFu;
-  const uint32_t scale_g8 = (w.scales.y >> (8 * step)) & 0xFFu;
-  decode_a_fragment(word, scale_pair(scale_g), scale_pair(scale_g8), a);
+  if constexpr (kChunkScales) {
+    decode_a_fragment(word, row_scales(w.scales.x), row_scales(w.scales.y), step, a);
+  } else {
+    decode_a_fragment(word, step_scales(w.scales.x, step), step_scales(w.scales.y, step), step, a);
+  }
 }
 
 struct EpilogueScales {

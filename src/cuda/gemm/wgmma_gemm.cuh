@@ -130,7 +130,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
 #pragma unroll
     for (int i = 0; i < kGroups; ++i)
 #pragma unroll
-      for (int step = 0; step < 4; ++step) decode_step(chunk[i], step, frag[i][step]);
+      for (int step = 0; step < 4; ++step) decode_step<true>(chunk[i], step, frag[i][step]);
   };
   if (p.k_chunks > 0) decode_chunk(ring[0], a[0]);
 
