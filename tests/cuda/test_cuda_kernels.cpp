@@ -68,7 +68,10 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   static_assert(gemm_shape_for(8, 256) == GemmShapeId::kSmall);  // T = 1, DeepSeek-V3
   EXPECT_EQ(gemm_shape_for(0, 256), GemmShapeId::kSmall);
   EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);       // T = 64: 2 per expert
-  EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kMedium);     // T = 256: 8
+  EXPECT_EQ(gemm_shape_for(1032, 256), GemmShapeId::kWgmma32);    // just past 4 per expert
+  EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kWgmma32);    // T = 256: 8
+  EXPECT_EQ(gemm_shape_for(3072, 256), GemmShapeId::kWgmma32);    // 12
+  EXPECT_EQ(gemm_shape_for(3080, 256), GemmShapeId::kMedium);     // just past 12
   EXPECT_EQ(gemm_shape_for(4096, 256), GemmShapeId::kMedium);     // T = 512: 16
   EXPECT_EQ(gemm_shape_for(4104, 256), GemmShapeId::kWgmma64);    // just past 16 per expert
   EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kWgmma64);    // T = 1024: 32
@@ -76,6 +79,7 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma128);  // T = 4096: 128
   EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma64);        // one expert takes all
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma32).tile_tokens, 32);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma64).tile_tokens, 64);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma128).tile_tokens, 128);
 }

@@ -77,13 +77,13 @@ struct GemmShape {
   int warps;
   int groups_per_warp;
   int tile_tokens;
-  int a_prefetch;    // weight chunks in flight per warp
+  int a_prefetch;    // mma.sync: weight chunks in flight per warp, in registers
   int wgmma_unit_n;  // 0: the mma.sync kernel
-  int stages;        // token ring depth of the wgmma kernel (the mma.sync kernel uses 3)
+  int stages;        // wgmma: ring depth in chunks of tokens and weights (mma.sync: 4 of tokens)
   constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
 };
 
-enum class GemmShapeId { kSmall, kMedium, kWgmma64, kWgmma128 };
+enum class GemmShapeId { kSmall, kMedium, kWgmma32, kWgmma64, kWgmma128 };
 
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
@@ -91,32 +91,38 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
       return {4, 1, 8, 6, 0, 3};  // decode: few tokens per expert
     case GemmShapeId::kMedium:
       return {4, 2, 32, 3, 0, 3};
+    case GemmShapeId::kWgmma32:
+      return {8, 2, 32, 0, 8, 16};  // 2 consumer warpgroups x 128 rows, four 8-token units
     case GemmShapeId::kWgmma64:
-      return {8, 2, 64, 3, 64, 6};  // 2 consumer warpgroups x 128 rows, one 64-token unit
+      return {8, 2, 64, 0, 32, 12};  // 2 consumer warpgroups x 128 rows, two 32-token units
     case GemmShapeId::kWgmma128:
-      return {8, 2, 128, 1, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
+      return {8, 2, 128, 0, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
   }
   return {4, 1, 8, 6, 0, 3};
 }
 
 // The shape for a batch, by the mean number of tokens an active expert receives. Measured on an
 // H200 (DeepSeek-V3 layer, docs/performance.md): 8-token tiles win up to ~4 tokens per expert
-// (T <= 64), 32-token mma.sync tiles at 8 (T = 256: 3.28 ms against 3.98 with wgmma), wgmma with
-// 64-token tiles at 32 (T = 1024: 4.20 ms against 4.90 and 4.72), 128-token tiles from 64 on
-// (T = 2048: 5.43 ms against 6.21). Between measured points the boundary is the midpoint.
+// (T <= 64: 1.78 ms against 2.37 with wgmma32), 32-token wgmma tiles of 8-token units at 8
+// (T = 256: 2.82 ms against 2.91 with mma.sync 32-token tiles), the mma.sync 32-token tiles at
+// 16 (T = 512: 3.05 ms against 3.28 and 3.53), 64-token wgmma tiles of 32-token units at 32
+// (T = 1024: 3.81 ms against 4.05 with one 64-token unit), 128-token tiles from 64 on (T =
+// 2048: 5.04 ms against 5.91). Between measured points the boundary is the midpoint, except that
+// the mma.sync 32-token tiles keep 16 (T = 512).
 constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts) {
   // Active experts cannot exceed either the experts or the routed slots.
   const int64_t bound = routed_slots < num_local_experts ? routed_slots : num_local_experts;
   const int64_t active = bound > 1 ? bound : 1;
   const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
   return tokens_per_expert <= 4    ? GemmShapeId::kSmall
+         : tokens_per_expert <= 12 ? GemmShapeId::kWgmma32
          : tokens_per_expert <= 16 ? GemmShapeId::kMedium
          : tokens_per_expert <= 48 ? GemmShapeId::kWgmma64
                                    : GemmShapeId::kWgmma128;
 }
 
-// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|medium|wgmma64|wgmma128 forces a shape (for
-// tuning); the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
+// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|medium|wgmma32|wgmma64|wgmma128 forces a shape
+// (for tuning); the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts);
 
 }  // namespace nvfp4moe::cuda

@@ -21,11 +21,12 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
     if (name == nullptr) return std::nullopt;
     if (std::string(name) == "small") return GemmShapeId::kSmall;
     if (std::string(name) == "medium") return GemmShapeId::kMedium;
+    if (std::string(name) == "wgmma32") return GemmShapeId::kWgmma32;
     if (std::string(name) == "wgmma64") return GemmShapeId::kWgmma64;
     if (std::string(name) == "wgmma128") return GemmShapeId::kWgmma128;
     std::fprintf(stderr,
-                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, medium, wgmma64 "
-                 "or wgmma128\n",
+                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, medium, wgmma32, "
+                 "wgmma64 or wgmma128\n",
                  name);
     return std::nullopt;
   }();
@@ -71,8 +72,8 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
     grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
   } else {
     static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
-    using Cfg = WgmmaConfig<s.warps / 4, s.groups_per_warp, s.tile_tokens, s.wgmma_unit_n, s.stages,
-                            s.a_prefetch>;
+    using Cfg =
+        WgmmaConfig<s.warps / 4, s.groups_per_warp, s.tile_tokens, s.wgmma_unit_n, s.stages>;
     const cudaError_t allowed = allow_dynamic_shared_memory(
         reinterpret_cast<const void*>(&wgmma_gemm_kernel<Cfg, kEpilogue>), Cfg::kSmemBytes);
     if (allowed != cudaSuccess) return allowed;
@@ -88,6 +89,8 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
       return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kMedium:
       return launch_shape<GemmShapeId::kMedium, kEpilogue>(p, grid_y, stream);
+    case GemmShapeId::kWgmma32:
+      return launch_shape<GemmShapeId::kWgmma32, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kWgmma64:
       return launch_shape<GemmShapeId::kWgmma64, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kWgmma128:

@@ -3,17 +3,19 @@
 // tile's tokens the B operand (N), so the prepared layout, the decode and the epilogues are
 // shared (gemm_common.cuh).
 //
-// Warp-specialized block:
-//   producer  = warpgroup 0 (few registers): copies the tile's tokens, one 64-wide K chunk per
-//               stage, into a kStages-deep ring of 128-byte-swizzled rows with cp.async, and
-//               publishes each stage on its `full` mbarrier once its copies have landed
+// Warp-specialized block over a kStages-deep ring in shared memory; stage s holds one 64-wide K
+// chunk: the tile's tokens (128-byte-swizzled rows) and the block's weights (each row group's
+// 512 code bytes and 64 scale bytes, as prepared).
+//   producer  = warpgroup 0 (few registers): copies each chunk's tokens and weights into its
+//               stage with cp.async and publishes the stage on its `full` mbarrier once its
+//               copies have landed. The weights are the stream that bounds the small batches;
+//               the ring keeps 74-147 KB of them in flight per SM, more than registers could
 //   consumers = kConsumers warpgroups (many registers); consumer warp w owns kGroups 16-row
 //               groups from (blockIdx.x * 4 * kConsumers + w) * kGroups; group i of the
-//               warpgroup's 4 warps forms the 64-row A tile of its i-th MMA. Each decodes its
-//               weights exactly to bf16 straight into wgmma's register operand (a warp's register
-//               fragment in m64nNk16 is mma.m16n8k16's A fragment) while the previous chunk's MMAs
-//               run, waits for the stage, issues the chunk's MMAs and, once the chunk before has
-//               finished, frees its stage (`empty`)
+//               warpgroup's 4 warps forms the 64-row A tile of its i-th MMA. Each reads its words
+//               of chunk c+1 from the stage and decodes them exactly to bf16 straight into wgmma's
+//               register operand (a warp's register fragment in m64nNk16 is mma.m16n8k16's A
+//               fragment) while chunk c's MMAs run, then frees chunk c-1's stage (`empty`)
 //   units     = the tile is cut into kUnitN-token units; a unit with no token is skipped, so a
 //               tile of up to kTileTokens costs what it holds (rounded up to kUnitN)
 //
@@ -34,31 +36,37 @@
 
 namespace nvfp4moe::cuda {
 
-template <int kConsumers_, int kGroups_, int kTileTokens_, int kUnitN_, int kStages_,
-          int kAPrefetch_>
+template <int kConsumers_, int kGroups_, int kTileTokens_, int kUnitN_, int kStages_>
 struct WgmmaConfig {
   static constexpr int kConsumers = kConsumers_;  // consumer warpgroups
   static constexpr int kGroups = kGroups_;        // 16-row groups per consumer warp
   static constexpr int kTileTokens = kTileTokens_;
   static constexpr int kUnitN = kUnitN_;
   static constexpr int kStages = kStages_;
-  static constexpr int kAPrefetch = kAPrefetch_;
   static constexpr int kConsumerWarps = 4 * kConsumers;
+  static constexpr int kBlockGroups = kConsumerWarps * kGroups;  // row groups per block
   static constexpr int kProducerThreads = 128;
   static constexpr int kThreads = kProducerThreads + 128 * kConsumers;
   using Loader = TokenLoader<kTileTokens, kProducerThreads>;
-  // Register budgets (multiples of 8): the producer keeps what its copies need, the consumers'
-  // accumulators get the rest of the register file.
+  // Register budgets (multiples of 8): the block is launched with kLaunchRegisters per thread
+  // (what __launch_bounds__ lets ptxas give it); the producer keeps what its copies need and the
+  // consumers' accumulators get the rest of that pool. A consumer budget beyond the pool would
+  // make setmaxnreg.inc wait forever.
+  static constexpr int kLaunchRegisters = std::min(255, 64 * 1024 / kThreads) / 8 * 8;
   static constexpr int kProducerRegisters = Loader::kLoadsPerThread > 8 ? 56 : 40;
-  static constexpr int kConsumerRegisters = std::min(
-      240, (64 * 1024 - kProducerThreads * kProducerRegisters) / (128 * kConsumers) / 8 * 8);
-  // Chunks whose copies a producer thread keeps in flight before publishing the oldest: all
-  // stages but the two the consumers' MMAs may be reading and one being refilled.
+  static constexpr int kConsumerRegisters =
+      std::min(240, (kLaunchRegisters * kThreads - kProducerThreads * kProducerRegisters) /
+                        (128 * kConsumers) / 8 * 8);
+  // Chunks whose token copies a producer thread keeps in flight before publishing the oldest:
+  // all stages but the two the consumers may be reading and one being refilled.
   static constexpr int kCopyLag = kStages - 3;
   static constexpr int kUnits = kTileTokens / kUnitN;
   using Mma = wgmma::Mma<kUnitN>;
-  static constexpr int kStageElements = Loader::kStageElements;
-  static constexpr int kStageBytes = kStageElements * 2;
+  // A stage: tokens, then the codes and the scales of the block's row groups.
+  static constexpr int kTokenBytes = Loader::kStageElements * 2;
+  static constexpr int kCodeBytes = kBlockGroups * kCodeBytesPerChunk;
+  static constexpr int kScaleBytes = kBlockGroups * kScaleBytesPerChunk;
+  static constexpr int kStageBytes = (kTokenBytes + kCodeBytes + kScaleBytes + 1023) / 1024 * 1024;
   // The weighted-combine epilogue reuses the ring: per consumer warp, its tile of
   // [token][16 * kGroups features] fp32 results, rows padded by 4 floats (conflict-free writes of
   // the MMA fragments, 16-byte reads along a row).
@@ -67,22 +75,79 @@ struct WgmmaConfig {
   // The ring (or the combine tiles), plus slack to start it on a 1024-byte boundary (the
   // swizzle's period).
   static constexpr int kSmemBytes = std::max(kStages * kStageBytes, kCombineBytes) + 1024;
-  static_assert(kUnitN == 64, "wgmma::Mma has 64-token units only");
+  static_assert(kUnitN == 8 || kUnitN == 16 || kUnitN == 32 || kUnitN == 64,
+                "wgmma::Mma has 8-, 16-, 32- and 64-token units");
   static_assert(kTileTokens % kUnitN == 0, "a tile is whole N units");
   static_assert(kUnits <= 4, "up to 4 units per tile");
   static_assert(kTileTokens <= 32 * kConsumerWarps, "one consumer thread per token fetches");
-  static_assert(kStageBytes % 1024 == 0, "each stage must start 1024-byte aligned");
+  static_assert(kTokenBytes % 1024 == 0, "each stage's tokens must start 1024-byte aligned");
   static_assert(kStages >= 4, "two stages read by MMAs, at least one in flight");
-  static_assert((kAPrefetch + 1) % 2 == 0,
-                "the chunk loop is unrolled by the weight ring, which must alternate the two "
-                "A fragment sets evenly");
+  static_assert(kSmemBytes <= 227 * 1024, "the ring must fit in shared memory");
+};
+
+// Copies the block's weights of one chunk into a stage with cp.async, 16 bytes per copy: the
+// 512 code bytes of each row group (producer thread i takes piece i % 32 of groups i / 32,
+// i / 32 + 4, ...) and its 64 scale bytes (threads 0 .. 4 * kBlockGroups - 1). Row groups past
+// the matrix are not copied (their consumers read zeros instead).
+// NOTE: one bulk copy (cp.async.bulk) per row group's codes and scales instead ran every batch
+// size at ~0.8 TB/s: 32 copies of 64 or 512 bytes per chunk are far too small for the bulk
+// copy engine.
+template <class Cfg>
+struct WeightLoader {
+  static constexpr int kCodePieces = Cfg::kBlockGroups * kCodeBytesPerChunk / 16;
+  static constexpr int kCodeCopies = kCodePieces / Cfg::kProducerThreads;
+  static constexpr int kGroupStep = Cfg::kProducerThreads / (kCodeBytesPerChunk / 16);
+  static_assert(kCodePieces % Cfg::kProducerThreads == 0, "whole code copies per thread");
+  static_assert(Cfg::kBlockGroups * 4 <= Cfg::kProducerThreads, "one scale copy per thread");
+
+  const uint8_t* codes;   // this thread's first code piece, chunk 0
+  const uint8_t* scales;  // this thread's scale piece, chunk 0
+  int64_t code_group_stride;
+  uint32_t valid_codes;  // bit i: copy i's row group exists
+  bool valid_scales;
+
+  __device__ __forceinline__ WeightLoader(const GemmParams& p, int expert) {
+    const int thread = static_cast<int>(threadIdx.x);
+    const int group0 = static_cast<int>(blockIdx.x) * Cfg::kBlockGroups;
+    const int code_group = group0 + thread / 32;
+    code_group_stride = int64_t(kGroupStep) * p.k_chunks * kCodeBytesPerChunk;
+    codes = static_cast<const uint8_t*>(p.codes) + expert * p.expert_code_bytes +
+            int64_t(min(code_group, p.row_groups - 1)) * p.k_chunks * kCodeBytesPerChunk +
+            (thread % 32) * 16;
+    valid_codes = 0;
+#pragma unroll
+    for (int i = 0; i < kCodeCopies; ++i) {
+      if (code_group + i * kGroupStep < p.row_groups) valid_codes |= 1u << i;
+    }
+    const int scale_group = group0 + thread / 4;
+    valid_scales = thread < Cfg::kBlockGroups * 4 && scale_group < p.row_groups;
+    scales = static_cast<const uint8_t*>(p.scales) + expert * p.expert_scale_bytes +
+             int64_t(min(scale_group, p.row_groups - 1)) * p.k_chunks * kScaleBytesPerChunk +
+             (thread % 4) * 16;
+  }
+
+  __device__ __forceinline__ void load(int chunk, uint8_t* stage) const {
+    const int thread = static_cast<int>(threadIdx.x);
+    uint8_t* code_dst =
+        stage + Cfg::kTokenBytes + (thread / 32) * kCodeBytesPerChunk + (thread % 32) * 16;
+#pragma unroll
+    for (int i = 0; i < kCodeCopies; ++i) {
+      if ((valid_codes >> i) & 1u) {
+        ptx::cp_async_16(code_dst + i * kGroupStep * kCodeBytesPerChunk,
+                         codes + i * code_group_stride + int64_t(chunk) * kCodeBytesPerChunk, true);
+      }
+    }
+    if (valid_scales) {
+      ptx::cp_async_16(stage + Cfg::kTokenBytes + Cfg::kCodeBytes + thread * 16,
+                       scales + int64_t(chunk) * kScaleBytesPerChunk, true);
+    }
+  }
 };
 
 template <class Cfg, Epilogue kEpilogue>
 __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTile& tile,
-                                              uint64_t* full, uint64_t* empty, uint16_t* smem_b,
-                                              uint32_t smem_b_address, int consumer_warp,
-                                              int lane) {
+                                              uint64_t* full, uint64_t* empty, uint8_t* ring,
+                                              uint32_t ring_address, int consumer_warp, int lane) {
   constexpr int kGroups = Cfg::kGroups;
   const int g = lane / 4, t = lane % 4;
   const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kConsumerWarps + consumer_warp) * kGroups;
@@ -101,19 +166,32 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     }
   }
 
-  WeightStream streams[kGroups];
+  // This lane's words of chunk `chunk`, from its stage (which has landed); row groups past the
+  // matrix were not copied and read as zeros.
+  auto read_weights = [&](int chunk, WeightChunk(&w)[kGroups]) {
+    const uint8_t* stage = ring + (chunk % Cfg::kStages) * Cfg::kStageBytes + Cfg::kTokenBytes;
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) {
-    streams[i] = WeightStream::make(p, tile.expert, group0 + i, lane);
-  }
-  constexpr int kRing = Cfg::kAPrefetch + 1;
-  WeightChunk ring[kRing][kGroups];
-  uint32_t a[2][kGroups][4][4];  // [fragment set][group][k16 step][register]
+    for (int i = 0; i < kGroups; ++i) {
+      const int j = consumer_warp * kGroups + i;  // the group's place in the block
+      w[i] = {make_uint4(0, 0, 0, 0), make_uint2(0, 0)};
+      if (group0 + i < p.row_groups) {
+        w[i].codes = *reinterpret_cast<const uint4*>(stage + j * kCodeBytesPerChunk + lane * 16);
+        w[i].scales = *reinterpret_cast<const uint2*>(stage + Cfg::kCodeBytes +
+                                                      j * kScaleBytesPerChunk + g * 8);
+      }
+    }
+  };
+  auto decode_chunk = [&](const WeightChunk(&w)[kGroups], uint32_t(&frag)[kGroups][4][4]) {
 #pragma unroll
-  for (int d = 0; d < Cfg::kAPrefetch; ++d)
+    for (int i = 0; i < kGroups; ++i)
 #pragma unroll
-    for (int i = 0; i < kGroups; ++i) ring[d][i] = streams[i].load(d);
+      for (int step = 0; step < 4; ++step) decode_step<true>(w[i], step, frag[i][step]);
+  };
+  auto wait_stage = [&](int chunk) {
+    ptx::mbarrier_wait(&full[chunk % Cfg::kStages], (chunk / Cfg::kStages) & 1);
+  };
 
+  uint32_t a[2][kGroups][4][4];  // [fragment set][group][k16 step][register]
   float acc[kGroups][Cfg::kUnits][Cfg::Mma::kAccumulators];
 #pragma unroll
   for (int i = 0; i < kGroups; ++i)
@@ -122,37 +200,29 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
 #pragma unroll
       for (int j = 0; j < Cfg::Mma::kAccumulators; ++j) acc[i][u][j] = 0.0f;
 
-  // Chunk c's fragments are decoded in iteration c-1, right after chunk c-1's MMAs are issued,
-  // so the decode overlaps them and the arrival of chunk c's token stage.
+  // Chunk c+1 is decoded in iteration c, right after chunk c's MMAs are issued, so the decode
+  // overlaps them.
   // NOTE: decoding chunk c at the top of iteration c, ptxas sank the (11-op) decode below the
   // wait for the stage, where it overlapped nothing: T = 1024 / 4096 / 16384 3% / 1% / 2% slower.
-  auto decode_chunk = [&](const WeightChunk(&chunk)[kGroups], uint32_t(&frag)[kGroups][4][4]) {
+  if (p.k_chunks > 0) {
+    WeightChunk w[kGroups];
+    wait_stage(0);
+    read_weights(0, w);
+    decode_chunk(w, a[0]);
+  }
+  for (int base = 0; base < p.k_chunks; base += 2) {
 #pragma unroll
-    for (int i = 0; i < kGroups; ++i)
-#pragma unroll
-      for (int step = 0; step < 4; ++step) decode_step<true>(chunk[i], step, frag[i][step]);
-  };
-  if (p.k_chunks > 0) decode_chunk(ring[0], a[0]);
-
-  for (int base = 0; base < p.k_chunks; base += kRing) {
-#pragma unroll
-    for (int u = 0; u < kRing; ++u) {
+    for (int u = 0; u < 2; ++u) {
       const int chunk = base + u;
       if (chunk >= p.k_chunks) break;  // uniform across the block
-#pragma unroll
-      for (int i = 0; i < kGroups; ++i) {
-        ring[(u + Cfg::kAPrefetch) % kRing][i] = streams[i].load(chunk + Cfg::kAPrefetch);
-      }
-      uint32_t(&frag)[kGroups][4][4] = a[u % 2];
+      uint32_t(&frag)[kGroups][4][4] = a[u];
 
-      // This chunk's fragments were written in the previous iteration (or before the loop).
+      // This chunk's stage has landed (waited for before its decode); its fragments were
+      // written in the previous iteration (or before the loop).
       wgmma::fence();
-      const int stage = chunk % Cfg::kStages;
-      ptx::mbarrier_wait(&full[stage], (chunk / Cfg::kStages) & 1);
-
       // The tile's non-empty units, each a straight run of MMAs (a branch between two MMAs
       // would make the compiler fence the registers before each).
-      const uint32_t stage_address = smem_b_address + stage * Cfg::kStageBytes;
+      const uint32_t stage_address = ring_address + (chunk % Cfg::kStages) * Cfg::kStageBytes;
       auto issue = [&](auto active) {
 #pragma unroll
         for (int step = 0; step < 4; ++step) {
@@ -181,11 +251,19 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
       }
       wgmma::commit_group();
 
+      // Chunk c+1's words, read while chunk c's MMAs run.
+      WeightChunk w[kGroups];
+      if (chunk + 1 < p.k_chunks) {
+        wait_stage(chunk + 1);
+        read_weights(chunk + 1, w);
+      }
       // Chunk c-1's MMAs are done: its stage goes back to the producer, and its fragment set
       // takes chunk c+1's.
+      // Every consumer thread arrives: each has read weights from that stage, and its arrival
+      // orders those reads before the producer's next copies into it.
       wgmma::wait_group<1>();
-      if (chunk > 0 && lane == 0) ptx::mbarrier_arrive(&empty[(chunk - 1) % Cfg::kStages]);
-      if (chunk + 1 < p.k_chunks) decode_chunk(ring[(u + 1) % kRing], a[(u + 1) % 2]);
+      if (chunk > 0) ptx::mbarrier_arrive(&empty[(chunk - 1) % Cfg::kStages]);
+      if (chunk + 1 < p.k_chunks) decode_chunk(w, a[1 - u]);
     }
   }
   wgmma::wait_group<0>();
@@ -208,7 +286,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     constexpr int kStride = Cfg::kCombineStride;
     wgmma::fence_proxy_async_shared();
     ptx::named_barrier_sync(1, Cfg::kConsumerWarps * 32);
-    float* tile_out = reinterpret_cast<float*>(smem_b) + consumer_warp * Cfg::kTileTokens * kStride;
+    float* tile_out = reinterpret_cast<float*>(ring) + consumer_warp * Cfg::kTileTokens * kStride;
 #pragma unroll
     for (int i = 0; i < kGroups; ++i)
 #pragma unroll
@@ -237,7 +315,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   } else {
 #pragma unroll
     for (int i = 0; i < kGroups; ++i) {
-      if (!streams[i].valid) continue;
+      if (group0 + i >= p.row_groups) continue;
 #pragma unroll
       for (int n = 0; n < Cfg::kUnits; ++n) {
 #pragma unroll
@@ -259,11 +337,11 @@ template <class Cfg, Epilogue kEpilogue>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const GemmParams p) {
   extern __shared__ uint8_t smem_raw[];
   __shared__ uint64_t full[Cfg::kStages];   // stage holds its chunk (producer threads arrive)
-  __shared__ uint64_t empty[Cfg::kStages];  // stage may be refilled (consumer warps arrive)
+  __shared__ uint64_t empty[Cfg::kStages];  // stage may be refilled (consumer threads arrive)
   const uint32_t raw_address = ptx::smem_address(smem_raw);
   const uint32_t align = (1024 - (raw_address & 1023)) & 1023;
-  auto* smem_b = reinterpret_cast<uint16_t*>(smem_raw + align);
-  const uint32_t smem_b_address = raw_address + align;
+  uint8_t* ring = smem_raw + align;
+  const uint32_t ring_address = raw_address + align;
 
   const BlockTile tile = block_tile(p, Cfg::kTileTokens);
   if (tile.rows <= 0) return;  // uniform across the block
@@ -271,7 +349,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
   if (threadIdx.x == 0) {
     for (int s = 0; s < Cfg::kStages; ++s) {
       ptx::mbarrier_init(&full[s], Cfg::kProducerThreads);
-      ptx::mbarrier_init(&empty[s], Cfg::kConsumerWarps);
+      ptx::mbarrier_init(&empty[s], Cfg::kConsumerWarps * 32);
     }
   }
   __syncthreads();
@@ -283,11 +361,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
   if (warp < 4) {
     ptx::set_max_registers_dec<Cfg::kProducerRegisters>();
     const typename Cfg::Loader loader(p, tile);
+    const WeightLoader<Cfg> weights(p, tile.expert);
     int published = 0;  // chunks whose `full` barrier this thread has arrived on
     for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
       const int stage = chunk % Cfg::kStages;
+      uint8_t* stage_base = ring + stage * Cfg::kStageBytes;
       if (chunk >= Cfg::kStages) ptx::mbarrier_wait(&empty[stage], (chunk / Cfg::kStages - 1) & 1);
-      loader.load(p, chunk, smem_b + stage * Cfg::kStageElements);
+      weights.load(chunk, stage_base);
+      loader.load(p, chunk, reinterpret_cast<uint16_t*>(stage_base));
       ptx::cp_async_commit();
       if (chunk - published >= Cfg::kCopyLag) {
         ptx::cp_async_wait<Cfg::kCopyLag>();  // the oldest unpublished chunk landed
@@ -304,7 +385,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
   } else {
     // ---- Consumers --------------------------------------------------------------------------
     ptx::set_max_registers_inc<Cfg::kConsumerRegisters>();
-    wgmma_consume<Cfg, kEpilogue>(p, tile, full, empty, smem_b, smem_b_address, warp - 4, lane);
+    wgmma_consume<Cfg, kEpilogue>(p, tile, full, empty, ring, ring_address, warp - 4, lane);
   }
 }
 
