@@ -94,7 +94,9 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
     case GemmShapeId::kWgmma32:
       return {8, 2, 32, 0, 8, 16};  // 2 consumer warpgroups x 128 rows, four 8-token units
     case GemmShapeId::kWgmma64:
-      return {8, 2, 64, 0, 32, 12};  // 2 consumer warpgroups x 128 rows, two 32-token units
+      // 2 consumer warpgroups x 128 rows, two 32-token units.
+      // NOTE: 8 stages, not 12: a power of two for the stage index, and T = 1024 7% faster.
+      return {8, 2, 64, 0, 32, 8};
     case GemmShapeId::kWgmma128:
       return {8, 2, 128, 0, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
   }
