@@ -13,7 +13,6 @@
 #include <cstdint>
 
 #include "cuda/common/prepared_layout.hpp"
-#include "cuda/common/ptx.cuh"
 
 namespace nvfp4moe::cuda {
 

@@ -75,8 +75,8 @@ struct WgmmaConfig {
   // The ring (or the combine tiles), plus slack to start it on a 1024-byte boundary (the
   // swizzle's period).
   static constexpr int kSmemBytes = std::max(kStages * kStageBytes, kCombineBytes) + 1024;
-  static_assert(kUnitN == 8 || kUnitN == 16 || kUnitN == 32 || kUnitN == 64,
-                "wgmma::Mma has 8-, 16-, 32- and 64-token units");
+  static_assert(kUnitN == 8 || kUnitN == 32 || kUnitN == 64,
+                "wgmma::Mma has 8-, 32- and 64-token units");
   static_assert(kTileTokens % kUnitN == 0, "a tile is whole N units");
   static_assert(kUnits <= 4, "up to 4 units per tile");
   static_assert(kTileTokens <= 32 * kConsumerWarps, "one consumer thread per token fetches");
