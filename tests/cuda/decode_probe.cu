@@ -9,8 +9,9 @@ namespace nvfp4moe::testing {
 
 namespace {
 
-// Thread i decodes a word holding codes[i] in all 8 nibbles (prepared_layout.hpp's bit places)
-// as each of the chunk's 4 k16 steps, step s with prepared scale code scale_codes[(i + s) %
+// Thread i decodes a word whose nibble (reg, odd) holds codes[(i + kProbeCodeStride * (2 * reg +
+// odd)) % count] (prepared_layout.hpp's bit places; a stride that changes the code, so a bit
+// taken from the wrong nibble shows) as each of the chunk's 4 k16 steps, step s with prepared scale code scale_codes[(i + s) %
 // count] for both rows (so a step that took another step's scale shows); writes the 32 bf16
 // results (step-major).
 __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_codes, int count,
@@ -19,7 +20,9 @@ __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_c
   if (i >= count) return;
   uint32_t word = 0;
   for (int reg = 0; reg < 4; ++reg) {
-    for (int odd = 0; odd < 2; ++odd) word |= cuda::place_nibble(codes[i], reg, odd);
+    for (int odd = 0; odd < 2; ++odd) {
+      word |= cuda::place_nibble(codes[(i + kProbeCodeStride * (2 * reg + odd)) % count], reg, odd);
+    }
   }
   uint32_t step_codes = 0;
   for (int step = 0; step < 4; ++step) {

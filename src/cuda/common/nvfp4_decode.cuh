@@ -5,7 +5,7 @@
 // 0.5 (m = 1) becomes the subnormal 0.5 * 2^-126, which bf16 multiplication handles exactly.
 // Multiplying by the prepared scale (s * 2^110) then gives e2m1 * s * 2^-16, which has at most
 // 6 significant bits and so is exact in bf16: the fragments hold the exact weights, scaled by
-// a power of two that the epilogue takes back. Cost per 8 weights: 11 integer ops and 4 bf16
+// a power of two that the epilogue takes back. Cost per 8 weights: 8 integer ops and 4 bf16
 // multiplies (the word's bit layout in prepared_layout.hpp is chosen for that), plus the scales:
 // 10 integer ops per 16-row group and chunk (2.5 per 8 weights) with row_scales.
 #pragma once
@@ -62,12 +62,11 @@ __device__ __forceinline__ uint32_t mul_bf16x2_by_half(uint32_t r, uint32_t pair
 __device__ __forceinline__ void decode_a_fragment(uint32_t word, const RowScales& row_g,
                                                   const RowScales& row_g8, int step,
                                                   uint32_t (&a)[4]) {
-  constexpr uint32_t kSign = 0x80008000u, kMagnitude = 0x01C001C0u;
-  const uint32_t r0 = word & (kSign | kMagnitude);
-  const uint32_t r1 = (word << 3) & (kSign | kMagnitude);
-  const uint32_t r2 = (word << 6) & (kSign | kMagnitude);
-  const uint32_t r3 =
-      ((word << 1) & kSign) | ((word >> 3) & 0x01800180u) | ((word >> 7) & 0x00400040u);
+  constexpr uint32_t kMask = 0x81C081C0u;  // sign at 15, magnitude at 8:6 of each half
+  const uint32_t r0 = word & kMask;
+  const uint32_t r1 = __funnelshift_r(word, word, 6) & kMask;
+  const uint32_t r2 = __funnelshift_r(word, word, 3) & kMask;
+  const uint32_t r3 = ((word & 0x001B001Bu) * 0x1084u) & kMask;
   const uint32_t scale_g = step % 2 == 0 ? row_g.even : row_g.odd;
   const uint32_t scale_g8 = step % 2 == 0 ? row_g8.even : row_g8.odd;
   if (step < 2) {

@@ -15,17 +15,25 @@
 //   lo = the even k (bits 15:0 of the register), hi = the odd k (bits 31:16); k counts from
 //   16*s within the chunk.
 //
-// Each nibble's bits (sign s, magnitude m2 m1 m0) sit where the decode wants them after at most
-// one shift per register, the lo nibble in bits 15:0 and the hi nibble at the same places + 16:
+// The decode wants each register's two nibbles at bf16 bits 15 (sign) and 8:6 (magnitude m2 m1
+// m0) of its halves (nvfp4_decode.cuh); the word stores them where one operation apart from the
+// final mask gets them there (r = register, lo/hi = its half, s = sign):
 //
-//   bit   15  14  13  12  11  10   9   8   7   6   5   4   3   2   1   0
-//         s0  s3  m3  s1  m3  m3  s2  m0  m0  m0  m1  m1  m1  m2  m2  m2
-//                 (0)     (2) (1)     (2) (1) (0) (2) (1) (0) (2) (1) (0)   (magnitude bit)
+//   bit  31  30  29  28  27  26  25  24  23  22  21  20  19  18  17  16
+//        r0  r1  r1  r1  r2  r2  r2  r0  r0  r0  r1  r3  r3  r2  r3  r3
+//        hi  hi  hi  hi  hi  hi  hi  hi  hi  hi  lo  hi  hi  lo  hi  hi
+//        s   m2  m1  m0  m2  m1  m0  m2  m1  m0  s   m0  s   s   m2  m1
 //
-//   r0 = word & mask, r1 = (word << 3) & mask, r2 = (word << 6) & mask, with mask = s at 15 and
-//   m at 8:6 of each half; r3 takes three shifts (its bits are the ones left over: no fourth
-//   shifted copy of the pattern fits in 16 bits). 11 integer operations per 8 weights instead of
-//   the 16 a plain nibble-per-slot word needs (nvfp4_decode.cuh).
+//   bit  15  14  13  12  11  10   9   8   7   6   5   4   3   2   1   0
+//        r0  r1  r1  r1  r2  r2  r2  r0  r0  r0  r1  r3  r3  r2  r3  r3
+//        lo  lo  lo  lo  lo  lo  lo  lo  lo  lo  hi  lo  lo  hi  lo  lo
+//        s   m2  m1  m0  m2  m1  m0  m2  m1  m0  s   m0  s   s   m2  m1
+//
+//   r0 = word & mask, r1 = rotr(word, 6) & mask, r2 = rotr(word, 3) & mask, with mask = s at 15
+//   and m at 8:6 of each half; r3's bits (the eight left over: no fourth rotation of the pattern
+//   fits) are masked out and copied to three places at once by one multiply, (word & 0x001B001B)
+//   * (2^2 + 2^7 + 2^12), whose 23 copied bits land on distinct places (no carries) and put each
+//   of r3's bits at its place exactly once. 8 integer operations per 8 weights.
 //
 // Scales are re-encoded ("prepared scale codes") so that one integer multiply-add turns a byte
 // into a bf16 pair: code = (log2(s) + 9) << 3 | mantissa, where s = 2^log2 * (1 + mantissa/8)
@@ -74,10 +82,13 @@ NVFP4MOE_HD NibbleSource nibble_source(int lane, int step, int reg, int odd) {
 // The nibble (bit 3 sign, bits 2:0 magnitude) of A register `reg`, half `odd`, placed at its bits
 // of the word (the table above).
 NVFP4MOE_HD uint32_t place_nibble(uint32_t nibble, int reg, int odd) {
-  // Bit positions within a half of magnitude bits 0, 1, 2 and the sign, per register.
-  constexpr uint8_t kBits[4][4] = {{6, 7, 8, 15}, {3, 4, 5, 12}, {0, 1, 2, 9}, {13, 10, 11, 14}};
+  // Word bits of magnitude bits 0, 1, 2 and the sign, per register and half.
+  constexpr uint8_t kBits[4][2][4] = {{{6, 7, 8, 15}, {22, 23, 24, 31}},
+                                      {{12, 13, 14, 21}, {28, 29, 30, 5}},
+                                      {{9, 10, 11, 18}, {25, 26, 27, 2}},
+                                      {{4, 0, 1, 3}, {20, 16, 17, 19}}};
   uint32_t word = 0;
-  for (int b = 0; b < 4; ++b) word |= ((nibble >> b) & 1u) << (kBits[reg][b] + 16 * odd);
+  for (int b = 0; b < 4; ++b) word |= ((nibble >> b) & 1u) << kBits[reg][odd][b];
   return word;
 }
 
