@@ -30,8 +30,9 @@ __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_c
   }
 #pragma unroll
   for (int step = 0; step < 4; ++step) {
+    const uint32_t scale_word = cuda::prepared_scale_word(step_codes);
     const cuda::RowScales scales =
-        chunk_scales ? cuda::row_scales(step_codes) : cuda::step_scales(step_codes, step);
+        chunk_scales ? cuda::row_scales(scale_word) : cuda::step_scales(scale_word, step);
     uint32_t a[4];
     cuda::decode_a_fragment(word, scales, scales, step, a);
     for (int j = 0; j < 4; ++j) {

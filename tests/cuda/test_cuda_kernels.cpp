@@ -22,7 +22,7 @@ namespace {
 using testing::to_device;
 using testing::to_host;
 
-// Every (E2M1 code, non-zero E4M3 scale) pair decodes to exactly e2m1 * e4m3 * 2^-16 in all
+// Every (E2M1 code, non-zero E4M3 scale) pair decodes to exactly e2m1 * e4m3 / 2^20 in all
 // eight positions of the fragment (each position of a word holding another code), in each of a chunk's four k16 steps (each step with its own
 // scale byte), with the row scales taken per chunk and per step. (A zero scale never reaches
 // the decode: preparation zeroes the codes of such blocks, which the linear tests below
@@ -47,7 +47,7 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
         const uint8_t scale = scales[(i + j / 8) % codes.size()];
         const uint8_t code = codes[(i + testing::kProbeCodeStride * (j % 8)) % codes.size()];
         const double expected = testing::reference_e2m1_value(code) *
-                                testing::reference_e4m3_value(scale) * std::ldexp(1.0, -16);
+                                testing::reference_e4m3_value(scale) / cuda::kDecodeCompensation;
         const double actual = bf16_to_float(out[32 * i + j]);
         if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
           if (++mismatches <= 10) {

@@ -3,7 +3,7 @@
 // A nibble (sign s, magnitude m = 2e + f) placed at bf16 bits [15] and [8:6] reads as
 // e2m1(nibble) * 2^-126: e lands in the exponent field and f in the top mantissa bit; the code
 // 0.5 (m = 1) becomes the subnormal 0.5 * 2^-126, which bf16 multiplication handles exactly.
-// Multiplying by the prepared scale (s * 2^110) then gives e2m1 * s * 2^-16, which has at most
+// Multiplying by the prepared scale (s * 2^106) then gives e2m1 * s * 2^-20, which has at most
 // 6 significant bits and so is exact in bf16: the fragments hold the exact weights, scaled by
 // a power of two that the epilogue takes back. Cost per 8 weights: 8 integer ops and 4 bf16
 // multiplies (the word's bit layout in prepared_layout.hpp is chosen for that), plus the scales:
@@ -16,23 +16,34 @@
 
 namespace nvfp4moe::cuda {
 
-// The prepared scale codes of one row for the four k16 steps of a chunk (byte s: step s) as
-// bf16 values s * 2^110: `even` holds steps 0 and 2 (lo and hi half), `odd` steps 1 and 3.
-// Five integer ops per row and chunk; the multiply takes its half with an operand selector.
+// The scales of one row for the four k16 steps of a chunk, from its prepared scale word
+// (prepared_layout.hpp), as bf16 values s * 2^106: `even` holds steps 0 and 2 (lo and hi half),
+// `odd` steps 1 and 3. Three integer ops per row and chunk; the multiply takes its half with an
+// operand selector.
 struct RowScales {
   uint32_t even;
   uint32_t odd;
 };
-__device__ __forceinline__ RowScales row_scales(uint32_t codes) {
-  return {(codes & 0x00FF00FFu) * 16u + 0x72007200u,
-          ((codes >> 8) & 0x00FF00FFu) * 16u + 0x72007200u};
+inline constexpr uint32_t kScaleCodeBits = 0x0FF00FF0u;  // a code at bf16 bits 11:4 of each half
+inline constexpr uint32_t kScaleExponentBase = 0x70007000u;
+// (word & kScaleCodeBits) | base in one LOP3, with `base` in a register (ptxas otherwise splits
+// it into two LOP3s, one per constant).
+__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t word) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(word), "n"(kScaleCodeBits),
+      "r"(kScaleExponentBase));
+  return d;
+}
+__device__ __forceinline__ RowScales row_scales(uint32_t word) {
+  return {scale_bf16x2(word), scale_bf16x2(__funnelshift_r(word, word, 8))};
 }
 
 // The same for step `step` alone (both halves of both words hold its scale): three integer ops
 // per row and step. Measured faster than row_scales in the mma.sync kernel for 32-token tiles,
 // which decodes one step at a time between its MMAs (docs/performance.md, version 5).
-__device__ __forceinline__ RowScales step_scales(uint32_t codes, int step) {
-  const uint32_t pair = ((codes >> (8 * step)) & 0xFFu) * 0x00100010u + 0x72007200u;
+__device__ __forceinline__ RowScales step_scales(uint32_t word, int step) {
+  const uint32_t code = __funnelshift_r(word, word, 8 * step) & 0x0FF0u;
+  const uint32_t pair = code * 0x00010001u + kScaleExponentBase;
   return {pair, pair};
 }
 

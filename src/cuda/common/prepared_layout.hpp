@@ -6,7 +6,7 @@
 // per lane per chunk brings exactly the codes that lane's A fragments need:
 //
 //   codes  [row_group][k_chunk][lane 0..31][k16 step 0..3] -> one 32-bit word of 8 nibbles
-//   scales [row_group][k_chunk][lane group g 0..7][8 bytes]
+//   scales [row_group][k_chunk][lane group g 0..7][row g, row g+8] -> one 32-bit word per row
 //
 // Word of lane (g = lane/4, t = lane%4) for k16 step s: the 8 nibbles of its four A registers,
 //
@@ -35,11 +35,15 @@
 //   * (2^2 + 2^7 + 2^12), whose 23 copied bits land on distinct places (no carries) and put each
 //   of r3's bits at its place exactly once. 8 integer operations per 8 weights.
 //
-// Scales are re-encoded ("prepared scale codes") so that one integer multiply-add turns a byte
-// into a bf16 pair: code = (log2(s) + 9) << 3 | mantissa, where s = 2^log2 * (1 + mantissa/8)
-// covers every E4M3 value (subnormals renormalized); as bf16 bits, code << 4 + 228 << 7 is
-// s * 2^110. A block whose E4M3 scale is 0 has its codes set to 0 (its values are 0 whatever the
-// scale), so its scale code can be 0 as well. K is padded to a multiple of 64 with zero codes.
+// Scales are re-encoded ("prepared scale codes") so that a mask and an OR turn a code into a
+// bf16: code = (log2(s) + 9) << 3 | mantissa, where s = 2^log2 * (1 + mantissa/8) covers every
+// E4M3 value (subnormals renormalized) in 8 bits; as bf16 bits, code << 4 | 0x7000 (exponent
+// 224 + log2(s) + 9, whose top three bits the code never reaches) is s * 2^106. A row's word
+// holds the codes of the chunk's four k16 steps, byte s for step s, rotated left by 4 bits, so
+// that steps 0 and 2 already sit at bf16 bits 11:4 of its halves and steps 1 and 3 after one
+// rotation by a byte (nvfp4_decode.cuh). A block whose E4M3 scale is 0 has its codes set to 0
+// (its values are 0 whatever the scale), so its scale code can be 0 as well. K is padded to a
+// multiple of 64 with zero codes.
 //
 // For the gate/up GEMM, each 16-row group holds gate rows 8G..8G+7 then up rows 8G..8G+7, so a
 // lane's accumulators for row g and row g+8 are gate and up of the same feature.
@@ -92,8 +96,12 @@ NVFP4MOE_HD uint32_t place_nibble(uint32_t nibble, int reg, int odd) {
   return word;
 }
 
-// Scale byte j of lane group g: row and k16 step within the group and chunk.
+// Scale code j of lane group g (word j / 4, step j % 4): row and k16 step within the group and
+// chunk.
 NVFP4MOE_HD NibbleSource scale_source(int g, int j) { return {g + 8 * (j >> 2), j & 3}; }
+
+// A row's scale word from its four prepared scale codes (byte s: step s).
+NVFP4MOE_HD uint32_t prepared_scale_word(uint32_t codes) { return (codes << 4) | (codes >> 28); }
 
 // The prepared scale code of an E4M3 scale (finite, >= 0).
 NVFP4MOE_HD uint8_t prepared_scale_code(uint8_t e4m3) {
@@ -107,8 +115,8 @@ NVFP4MOE_HD uint8_t prepared_scale_code(uint8_t e4m3) {
   return static_cast<uint8_t>((p << 3) | mantissa);
 }
 
-// The weight products come out of the decode scaled by 2^-16 (2^-126 from the code trick times
-// 2^110 from the scale); the epilogue multiplies alpha by this to undo it exactly.
-inline constexpr float kDecodeCompensation = 65536.0f;
+// The weight products come out of the decode scaled by 2^-20 (2^-126 from the code trick times
+// 2^106 from the scale); the epilogue multiplies alpha by this to undo it exactly.
+inline constexpr float kDecodeCompensation = 1048576.0f;
 
 }  // namespace nvfp4moe::cuda

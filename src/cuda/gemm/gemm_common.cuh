@@ -19,7 +19,7 @@
 namespace nvfp4moe::cuda {
 
 // alpha for one expert: g * weight_scale, in fp32 like the CPU reference, times the decode's
-// 2^16 compensation (exact).
+// compensation (kDecodeCompensation, exact).
 __device__ __forceinline__ float activation_global_scale(const GemmParams& p, int expert) {
   switch (p.act_source) {
     case ActivationScaleSource::kOne:
@@ -105,7 +105,7 @@ struct TokenLoader {
 // One lane's weight bytes for one 64-wide chunk of one 16-row group (prepared_layout.hpp).
 struct WeightChunk {
   uint4 codes;   // a word of 8 nibbles per k16 step
-  uint2 scales;  // byte j: row g + 8 * (j / 4), k16 step j % 4
+  uint2 scales;  // the scale words of rows g (x) and g + 8 (y)
 };
 
 // The lane's pointers into one row group's chunks.

@@ -54,18 +54,23 @@ __global__ void prepare_codes_kernel(const PrepareParams p) {
 
 __global__ void prepare_scales_kernel(const PrepareParams p) {
   const PreparedShape shape{p.rows, p.k};
-  const int64_t bytes = shape.scale_bytes();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < bytes;
+  const int64_t words = shape.scale_bytes() / 4;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < words;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int j = static_cast<int>(i % 8);
-    const int g = static_cast<int>((i / 8) % 8);
-    const int64_t chunk = (i / 64) % shape.k_chunks();
-    const int64_t group = i / (64 * shape.k_chunks());
-    const NibbleSource at = scale_source(g, j);
-    const int64_t block = chunk * 4 + at.k;
-    uint8_t code = 0;
-    if (block < p.k / 16) code = prepared_scale_code(source_row(p, group, at.row).scales[block]);
-    p.scales[i] = code;
+    const int half = static_cast<int>(i % 2);  // row g or g + 8
+    const int g = static_cast<int>((i / 2) % 8);
+    const int64_t chunk = (i / 16) % shape.k_chunks();
+    const int64_t group = i / (16 * shape.k_chunks());
+    uint32_t codes = 0;
+    for (int step = 0; step < 4; ++step) {
+      const NibbleSource at = scale_source(g, 4 * half + step);
+      const int64_t block = chunk * 4 + at.k;
+      if (block < p.k / 16) {
+        codes |= uint32_t(prepared_scale_code(source_row(p, group, at.row).scales[block]))
+                 << (8 * step);
+      }
+    }
+    reinterpret_cast<uint32_t*>(p.scales)[i] = prepared_scale_word(codes);
   }
 }
 
@@ -79,7 +84,7 @@ cudaError_t launch_prepare(const PrepareParams& p, cudaStream_t stream) {
   };
   prepare_codes_kernel<<<grid(shape.code_bytes() / 4), kThreads, 0, stream>>>(p);
   if (const cudaError_t status = cudaGetLastError(); status != cudaSuccess) return status;
-  prepare_scales_kernel<<<grid(shape.scale_bytes()), kThreads, 0, stream>>>(p);
+  prepare_scales_kernel<<<grid(shape.scale_bytes() / 4), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
