@@ -15,13 +15,28 @@ namespace nvfp4moe::cuda::wgmma {
 // elements (128 B), 8-row groups 1024 B apart, the 16-byte chunk c of row r stored at chunk
 // c ^ (r & 7). The tile must start 1024-byte aligned; a k16 step within the row adds 32 B to
 // the start address (the swizzle acts on address bits, so the offset composes with it).
-__device__ __forceinline__ uint64_t smem_descriptor_sw128(uint32_t smem_address) {
-  constexpr uint64_t kLeadingOffset = 1;         // unused for swizzled K-major (16 B units)
-  constexpr uint64_t kStrideOffset = 1024 >> 4;  // 8 rows x 128 B
-  constexpr uint64_t kSwizzle128B = 1;
-  return static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4) | (kLeadingOffset << 16) |
-         (kStrideOffset << 32) | (kSwizzle128B << 62);
-}
+//
+// The low word holds the start address in 16-byte units (14 bits: shared memory ends below
+// 256 KB) and the unused leading offset; an operand `bytes` further on is the same descriptor
+// with bytes / 16 added to the low word (`advanced`), which is one add where recomputing it
+// from the address costs four.
+struct SmemDescriptor {
+  uint32_t lo;
+  static constexpr uint32_t kHi = (1024 >> 4) | (1u << 30);  // stride 8 rows x 128 B, 128B swizzle
+
+  static __device__ __forceinline__ SmemDescriptor sw128(uint32_t smem_address) {
+    constexpr uint32_t kLeadingOffset = 1u << 16;  // unused for swizzled K-major (16 B units)
+    return {((smem_address & 0x3FFFF) >> 4) | kLeadingOffset};
+  }
+  __device__ __forceinline__ SmemDescriptor advanced(uint32_t bytes) const {
+    return {lo + (bytes >> 4)};
+  }
+  // `count` strides of `stride_bytes` (a multiple of 16) further on.
+  __device__ __forceinline__ SmemDescriptor advanced(uint32_t count, uint32_t stride_bytes) const {
+    return {lo + count * (stride_bytes >> 4)};
+  }
+  __device__ __forceinline__ uint64_t bits() const { return (uint64_t(kHi) << 32) | lo; }
+};
 
 // Orders this warpgroup's register writes (accumulators, A fragments) before the next wgmma.
 __device__ __forceinline__ void fence() {

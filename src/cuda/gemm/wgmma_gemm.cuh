@@ -60,6 +60,13 @@ struct WgmmaConfig {
   // Chunks whose token copies a producer thread keeps in flight before publishing the oldest:
   // all stages but the two the consumers may be reading and one being refilled.
   static constexpr int kCopyLag = kStages - 3;
+  // Where chunk c (>= 0) lives in the ring, and the parity of its round through it.
+  static __device__ __forceinline__ uint32_t stage_of(int chunk) {
+    return static_cast<uint32_t>(chunk) % kStages;
+  }
+  static __device__ __forceinline__ uint32_t phase_of(int chunk) {
+    return static_cast<uint32_t>(chunk) / kStages & 1u;
+  }
   static constexpr int kUnits = kTileTokens / kUnitN;
   using Mma = wgmma::Mma<kUnitN>;
   // A stage: tokens, then the codes and the scales of the block's row groups.
@@ -82,13 +89,14 @@ struct WgmmaConfig {
   static_assert(kTileTokens <= 32 * kConsumerWarps, "one consumer thread per token fetches");
   static_assert(kTokenBytes % 1024 == 0, "each stage's tokens must start 1024-byte aligned");
   static_assert(kStages >= 4, "two stages read by MMAs, at least one in flight");
+  static_assert((kStages & (kStages - 1)) == 0, "a power of two: the stage is a mask");
   static_assert(kSmemBytes <= 227 * 1024, "the ring must fit in shared memory");
 };
 
 // Copies the block's weights of one chunk into a stage with cp.async, 16 bytes per copy: the
 // 512 code bytes of each row group (producer thread i takes piece i % 32 of groups i / 32,
 // i / 32 + 4, ...) and its 64 scale bytes (threads 0 .. 4 * kBlockGroups - 1). Row groups past
-// the matrix are not copied (their consumers read zeros instead).
+// the matrix are not copied (their consumers zero their places once).
 // NOTE: one bulk copy (cp.async.bulk) per row group's codes and scales instead ran every batch
 // size at ~0.8 TB/s: 32 copies of 64 or 512 bytes per chunk are far too small for the bulk
 // copy engine.
@@ -152,6 +160,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   const int g = lane / 4, t = lane % 4;
   const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kConsumerWarps + consumer_warp) * kGroups;
   const int units = (tile.rows + Cfg::kUnitN - 1) / Cfg::kUnitN;
+  const wgmma::SmemDescriptor ring_descriptor = wgmma::SmemDescriptor::sw128(ring_address);
 
   // The weighted combine's per-token output row and routing weight, fetched now so the two
   // dependent loads are long done by the epilogue (read after its barrier).
@@ -166,19 +175,29 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     }
   }
 
-  // This lane's words of chunk `chunk`, from its stage (which has landed); row groups past the
-  // matrix were not copied and read as zeros.
+  // This lane's words of chunk `chunk`, from its stage (which has landed), at fixed offsets.
+  int code_offset = Cfg::kTokenBytes + consumer_warp * kGroups * kCodeBytesPerChunk + lane * 16;
+  int scale_offset = Cfg::kTokenBytes + Cfg::kCodeBytes +
+                     consumer_warp * kGroups * kScaleBytesPerChunk + g * 8;
+  // Row groups past the matrix are never copied: the lane zeroes what it would read of them in
+  // every stage, once (no one else reads or writes those bytes), so the loop reads unguarded.
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) {
+    if (group0 + i < p.row_groups) continue;
+    for (int stage = 0; stage < Cfg::kStages; ++stage) {
+      uint8_t* base = ring + stage * Cfg::kStageBytes;
+      *reinterpret_cast<uint4*>(base + code_offset + i * kCodeBytesPerChunk) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint2*>(base + scale_offset + i * kScaleBytesPerChunk) = make_uint2(0, 0);
+    }
+  }
   auto read_weights = [&](int chunk, WeightChunk(&w)[kGroups]) {
-    const uint8_t* stage = ring + (chunk % Cfg::kStages) * Cfg::kStageBytes + Cfg::kTokenBytes;
+    const uint8_t* stage = ring + Cfg::stage_of(chunk) * Cfg::kStageBytes;
 #pragma unroll
     for (int i = 0; i < kGroups; ++i) {
-      const int j = consumer_warp * kGroups + i;  // the group's place in the block
-      w[i] = {make_uint4(0, 0, 0, 0), make_uint2(0, 0)};
-      if (group0 + i < p.row_groups) {
-        w[i].codes = *reinterpret_cast<const uint4*>(stage + j * kCodeBytesPerChunk + lane * 16);
-        w[i].scales = *reinterpret_cast<const uint2*>(stage + Cfg::kCodeBytes +
-                                                      j * kScaleBytesPerChunk + g * 8);
-      }
+      w[i].codes =
+          *reinterpret_cast<const uint4*>(stage + code_offset + i * kCodeBytesPerChunk);
+      w[i].scales =
+          *reinterpret_cast<const uint2*>(stage + scale_offset + i * kScaleBytesPerChunk);
     }
   };
   auto decode_chunk = [&](const WeightChunk(&w)[kGroups], uint32_t(&frag)[kGroups][4][4]) {
@@ -188,7 +207,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
       for (int step = 0; step < 4; ++step) decode_step<true>(w[i], step, frag[i][step]);
   };
   auto wait_stage = [&](int chunk) {
-    ptx::mbarrier_wait(&full[chunk % Cfg::kStages], (chunk / Cfg::kStages) & 1);
+    ptx::mbarrier_wait(&full[Cfg::stage_of(chunk)], Cfg::phase_of(chunk));
   };
 
   uint32_t a[2][kGroups][4][4];  // [fragment set][group][k16 step][register]
@@ -211,6 +230,8 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     decode_chunk(w, a[0]);
   }
   for (int base = 0; base < p.k_chunks; base += 2) {
+    asm volatile("mov.b32 %0, %0;" : "+r"(code_offset));
+    asm volatile("mov.b32 %0, %0;" : "+r"(scale_offset));
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       const int chunk = base + u;
@@ -222,14 +243,15 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
       wgmma::fence();
       // The tile's non-empty units, each a straight run of MMAs (a branch between two MMAs
       // would make the compiler fence the registers before each).
-      const uint32_t stage_address = ring_address + (chunk % Cfg::kStages) * Cfg::kStageBytes;
+      const wgmma::SmemDescriptor stage =
+          ring_descriptor.advanced(Cfg::stage_of(chunk), Cfg::kStageBytes);
       auto issue = [&](auto active) {
 #pragma unroll
         for (int step = 0; step < 4; ++step) {
 #pragma unroll
           for (int n = 0; n < decltype(active)::value; ++n) {
-            const uint64_t desc = wgmma::smem_descriptor_sw128(
-                stage_address + n * Cfg::kUnitN * (kChunkK * 2) + step * 32);
+            const uint64_t desc =
+                stage.advanced(n * Cfg::kUnitN * (kChunkK * 2) + step * 32).bits();
 #pragma unroll
             for (int i = 0; i < kGroups; ++i) Cfg::Mma::run(acc[i][n], frag[i][step], desc);
           }
@@ -262,7 +284,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
       // Every consumer thread arrives: each has read weights from that stage, and its arrival
       // orders those reads before the producer's next copies into it.
       wgmma::wait_group<1>();
-      if (chunk > 0) ptx::mbarrier_arrive(&empty[(chunk - 1) % Cfg::kStages]);
+      if (chunk > 0) ptx::mbarrier_arrive(&empty[Cfg::stage_of(chunk - 1)]);
       if (chunk + 1 < p.k_chunks) decode_chunk(w, a[1 - u]);
     }
   }
