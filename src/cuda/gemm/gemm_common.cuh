@@ -56,18 +56,23 @@ __device__ __forceinline__ BlockTile block_tile(const GemmParams& p, int tile_to
 
 // Copies a tile's tokens, one 64-wide K chunk per stage, with cp.async. Each thread owns fixed
 // (row, 16-byte chunk) pairs: its chunk column is the same for all of them and, with threads a
-// multiple of 64, so is the swizzle (row & 7), so per pair only the source row is kept. Rows past
-// the tile and K past the end are zero-filled.
+// multiple of 64, so is the swizzle (row & 7), so per pair only the source is kept: the row's
+// address where a thread has at most two pairs (the mma.sync tiles, whose warps issue the copies
+// between their MMAs: a chunk then costs an add per copy), else its index (the wgmma producer
+// warpgroups, which have few registers and spare issue slots). Rows past the tile and K past the
+// end are zero-filled.
 template <int kTileTokens, int kThreads>
 struct TokenLoader {
   static constexpr int kPairs = kTileTokens * 8;
   static constexpr int kLoadsPerThread = (kPairs + kThreads - 1) / kThreads;
   static constexpr int kRowStep = kThreads / 8;  // rows between a thread's pairs
   static constexpr int kStageElements = kTileTokens * kChunkK;
+  static constexpr bool kKeepAddresses = kLoadsPerThread <= 2;
   static_assert(kThreads % 64 == 0, "the swizzle of a thread's rows must not change");
 
-  int32_t source_row[kLoadsPerThread];  // -1: no token (zero-filled)
-  int first_offset;                     // element offset in a stage of the first pair
+  int32_t source_row[kLoadsPerThread];       // -1: no token (zero-filled)
+  const uint16_t* source[kLoadsPerThread];  // kKeepAddresses: the row at k_in_chunk, or null
+  int first_offset;                          // element offset in a stage of the first pair
   int k_in_chunk;
 
   __device__ __forceinline__ TokenLoader(const GemmParams& p, const BlockTile& tile) {
@@ -83,6 +88,11 @@ struct TokenLoader {
         const int position = tile.row_begin + r;
         source_row[i] = p.gather ? p.gather[position] / p.gather_divisor : position;
       }
+      if constexpr (kKeepAddresses) {
+        source[i] = source_row[i] < 0
+                        ? nullptr
+                        : p.b + int64_t(source_row[i]) * p.b_row_stride + k_in_chunk;
+      }
     }
   }
 
@@ -93,11 +103,16 @@ struct TokenLoader {
       if (kPairs % kThreads != 0 && static_cast<int>(threadIdx.x) + i * kThreads >= kPairs) {
         continue;
       }
-      const bool valid = source_row[i] >= 0 && k0 < p.k;
-      const uint16_t* source = p.b + int64_t(valid ? source_row[i] : 0) * p.b_row_stride + k0;
-      ptx::cp_async_16(stage + first_offset + i * kRowStep * kChunkK,
-                       valid ? static_cast<const void*>(source) : static_cast<const void*>(p.b),
-                       valid);
+      uint16_t* to = stage + first_offset + i * kRowStep * kChunkK;
+      if constexpr (kKeepAddresses) {
+        const bool valid = source[i] != nullptr && k0 < p.k;
+        ptx::cp_async_16(to, valid ? source[i] + chunk * kChunkK : p.b, valid);
+      } else {
+        const bool valid = source_row[i] >= 0 && k0 < p.k;
+        const uint16_t* from = p.b + int64_t(valid ? source_row[i] : 0) * p.b_row_stride + k0;
+        ptx::cp_async_16(to, valid ? static_cast<const void*>(from) : static_cast<const void*>(p.b),
+                         valid);
+      }
     }
   }
 };

@@ -84,6 +84,28 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[i][n][j] = 0.0f;
 
+  // Where this lane's ldmatrix rows start in a stage, per k16 step (and n16 pair of tiles):
+  // fixed, so a chunk adds only the stage.
+  constexpr int kMatrixLoads = Cfg::kTileTokens == 8 ? 1 : Cfg::kNTiles / 2;
+  int b_offset[4][kMatrixLoads];
+#pragma unroll
+  for (int step = 0; step < 4; ++step) {
+#pragma unroll
+    for (int j = 0; j < kMatrixLoads; ++j) {
+      const int m = lane / 8, r = lane % 8;
+      if constexpr (Cfg::kTileTokens == 8) {
+        // Matrices: tokens 0..7 x k lo, tokens 0..7 x k hi (lanes 16..31 repeat addresses).
+        const int chunk16 = step * 2 + (m & 1);
+        b_offset[step][j] = r * kChunkK + ((chunk16 ^ (r & 7)) * 8);
+      } else {
+        // Matrices: (tile 2j, k lo), (tile 2j, k hi), (tile 2j+1, k lo), (tile 2j+1, k hi).
+        const int token = (2 * j + (m >> 1)) * 8 + r;
+        const int chunk16 = step * 2 + (m & 1);
+        b_offset[step][j] = token * kChunkK + ((chunk16 ^ (token & 7)) * 8);
+      }
+    }
+  }
+
   // One 64-wide chunk: decode this warp's A fragments, multiply by every token of the stage.
   auto compute_chunk = [&](const uint16_t* stage, const WeightChunk(&chunk)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
@@ -94,22 +116,15 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
         decode_step<Cfg::kChunkScales>(chunk[i], step, a[i]);
       }
       if constexpr (Cfg::kTileTokens == 8) {
-        // Matrices: tokens 0..7 x k lo, tokens 0..7 x k hi (lanes 16..31 repeat addresses).
-        const int m = (lane / 8) & 1, r = lane % 8;
-        const int chunk16 = step * 2 + m;
         uint32_t b[2];
-        ptx::ldmatrix_x2(b, stage + r * kChunkK + ((chunk16 ^ (r & 7)) * 8));
+        ptx::ldmatrix_x2(b, stage + b_offset[step][0]);
 #pragma unroll
         for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) ptx::mma_bf16_16x8x16(acc[i][0], a[i], b);
       } else {
 #pragma unroll
         for (int n = 0; n < Cfg::kNTiles; n += 2) {
-          // Matrices: (tile n, k lo), (tile n, k hi), (tile n+1, k lo), (tile n+1, k hi).
-          const int m = lane / 8, r = lane % 8;
-          const int token = (n + (m >> 1)) * 8 + r;
-          const int chunk16 = step * 2 + (m & 1);
           uint32_t b4[4];
-          ptx::ldmatrix_x4(b4, stage + token * kChunkK + ((chunk16 ^ (token & 7)) * 8));
+          ptx::ldmatrix_x4(b4, stage + b_offset[step][n / 2]);
           const uint32_t b_lo[2] = {b4[0], b4[1]};
           const uint32_t b_hi[2] = {b4[2], b4[3]};
 #pragma unroll
