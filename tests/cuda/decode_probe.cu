@@ -11,11 +11,11 @@ namespace {
 
 // Thread i decodes a word whose nibble (reg, odd) holds codes[(i + kProbeCodeStride * (2 * reg +
 // odd)) % count] (prepared_layout.hpp's bit places; a stride that changes the code, so a bit
-// taken from the wrong nibble shows) as each of the chunk's 4 k16 steps, step s with prepared scale code scale_codes[(i + s) %
-// count] for both rows (so a step that took another step's scale shows); writes the 32 bf16
-// results (step-major).
+// taken from the wrong nibble shows) as each of the chunk's 4 k16 steps, step s with prepared
+// scale code scale_codes[(i + s) % count] for both rows (so a step that took another step's
+// scale shows); writes the 32 bf16 results (step-major).
 __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_codes, int count,
-                                    bool chunk_scales, uint16_t* out) {
+                                    uint16_t* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
   uint32_t word = 0;
@@ -28,11 +28,9 @@ __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_c
   for (int step = 0; step < 4; ++step) {
     step_codes |= uint32_t(scale_codes[(i + step) % count]) << (8 * step);
   }
+  const cuda::RowScales scales = cuda::row_scales(cuda::prepared_scale_word(step_codes));
 #pragma unroll
   for (int step = 0; step < 4; ++step) {
-    const uint32_t scale_word = cuda::prepared_scale_word(step_codes);
-    const cuda::RowScales scales =
-        chunk_scales ? cuda::row_scales(scale_word) : cuda::step_scales(scale_word, step);
     uint32_t a[4];
     cuda::decode_a_fragment(word, scales, scales, step, a);
     for (int j = 0; j < 4; ++j) {
@@ -45,7 +43,7 @@ __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_c
 }  // namespace
 
 std::string run_decode_probe(const std::vector<uint8_t>& codes,
-                             const std::vector<uint8_t>& scale_codes, bool chunk_scales,
+                             const std::vector<uint8_t>& scale_codes,
                              std::vector<uint16_t>& out) {
   const int count = static_cast<int>(codes.size());
   out.assign(32 * codes.size(), 0);
@@ -60,8 +58,7 @@ std::string run_decode_probe(const std::vector<uint8_t>& codes,
     status = cudaMemcpy(d_scales, scale_codes.data(), count, cudaMemcpyHostToDevice);
   }
   if (status == cudaSuccess) {
-    decode_probe_kernel<<<(count + 127) / 128, 128>>>(d_codes, d_scales, count, chunk_scales,
-                                                      d_out);
+    decode_probe_kernel<<<(count + 127) / 128, 128>>>(d_codes, d_scales, count, d_out);
     status = cudaGetLastError();
   }
   if (status == cudaSuccess) {

@@ -23,10 +23,10 @@ using testing::to_device;
 using testing::to_host;
 
 // Every (E2M1 code, non-zero E4M3 scale) pair decodes to exactly e2m1 * e4m3 / 2^20 in all
-// eight positions of the fragment (each position of a word holding another code), in each of a chunk's four k16 steps (each step with its own
-// scale byte), with the row scales taken per chunk and per step. (A zero scale never reaches
-// the decode: preparation zeroes the codes of such blocks, which the linear tests below
-// exercise. Negative and NaN scales are rejected before preparation.)
+// eight positions of the fragment (each position of a word holding another code), in each of a
+// chunk's four k16 steps (each step with its own scale byte). (A zero scale never reaches the
+// decode: preparation zeroes the codes of such blocks, which the linear tests below exercise.
+// Negative and NaN scales are rejected before preparation.)
 TEST(CudaDecode, AllCodeScalePairsAreExact) {
   NVFP4MOE_REQUIRE_GPU();
   std::vector<uint8_t> codes, scale_codes, scales;
@@ -37,29 +37,26 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
       scale_codes.push_back(cuda::prepared_scale_code(static_cast<uint8_t>(scale)));
     }
   }
-  for (const bool chunk_scales : {true, false}) {
-    SCOPED_TRACE(chunk_scales ? "row scales per chunk" : "row scales per step");
-    std::vector<uint16_t> out;
-    ASSERT_EQ(testing::run_decode_probe(codes, scale_codes, chunk_scales, out), "");
-    int mismatches = 0;
-    for (size_t i = 0; i < codes.size(); ++i) {
-      for (int j = 0; j < 32; ++j) {
-        const uint8_t scale = scales[(i + j / 8) % codes.size()];
-        const uint8_t code = codes[(i + testing::kProbeCodeStride * (j % 8)) % codes.size()];
-        const double expected = testing::reference_e2m1_value(code) *
-                                testing::reference_e4m3_value(scale) / cuda::kDecodeCompensation;
-        const double actual = bf16_to_float(out[32 * i + j]);
-        if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
-          if (++mismatches <= 10) {
-            ADD_FAILURE() << "code " << int(code) << " scale 0x" << std::hex << int(scale)
-                          << std::dec << " step " << j / 8 << " position " << j % 8 << ": "
-                          << actual << " != " << expected;
-          }
+  std::vector<uint16_t> out;
+  ASSERT_EQ(testing::run_decode_probe(codes, scale_codes, out), "");
+  int mismatches = 0;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    for (int j = 0; j < 32; ++j) {
+      const uint8_t scale = scales[(i + j / 8) % codes.size()];
+      const uint8_t code = codes[(i + testing::kProbeCodeStride * (j % 8)) % codes.size()];
+      const double expected = testing::reference_e2m1_value(code) *
+                              testing::reference_e4m3_value(scale) / cuda::kDecodeCompensation;
+      const double actual = bf16_to_float(out[32 * i + j]);
+      if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
+        if (++mismatches <= 10) {
+          ADD_FAILURE() << "code " << int(code) << " scale 0x" << std::hex << int(scale)
+                        << std::dec << " step " << j / 8 << " position " << j % 8 << ": "
+                        << actual << " != " << expected;
         }
       }
     }
-    EXPECT_EQ(mismatches, 0);
   }
+  EXPECT_EQ(mismatches, 0);
 }
 
 // The tile-shape heuristic is a pure function: checked without a GPU.
@@ -71,11 +68,12 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);       // T = 64: 2 per expert
   EXPECT_EQ(gemm_shape_for(1032, 256), GemmShapeId::kWgmma32);    // just past 4 per expert
   EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kWgmma32);    // T = 256: 8
-  EXPECT_EQ(gemm_shape_for(3072, 256), GemmShapeId::kWgmma32);    // 12
-  EXPECT_EQ(gemm_shape_for(3080, 256), GemmShapeId::kMedium);     // just past 12
-  EXPECT_EQ(gemm_shape_for(4096, 256), GemmShapeId::kMedium);     // T = 512: 16
-  EXPECT_EQ(gemm_shape_for(4104, 256), GemmShapeId::kWgmma64);    // just past 16 per expert
+  EXPECT_EQ(gemm_shape_for(4096, 256), GemmShapeId::kWgmma32);    // T = 512: 16
+  EXPECT_EQ(gemm_shape_for(5120, 256), GemmShapeId::kWgmma32);    // 20
+  EXPECT_EQ(gemm_shape_for(5128, 256), GemmShapeId::kWgmma64);    // just past 20 per expert
   EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kWgmma64);    // T = 1024: 32
+  EXPECT_EQ(gemm_shape_for(14336, 256), GemmShapeId::kWgmma64);   // 56
+  EXPECT_EQ(gemm_shape_for(14344, 256), GemmShapeId::kWgmma128);  // just past 56 per expert
   EXPECT_EQ(gemm_shape_for(16384, 256), GemmShapeId::kWgmma128);  // T = 2048: 64
   EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma128);  // T = 4096: 128
   EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma64);        // one expert takes all

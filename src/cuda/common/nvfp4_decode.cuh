@@ -38,15 +38,6 @@ __device__ __forceinline__ RowScales row_scales(uint32_t word) {
   return {scale_bf16x2(word), scale_bf16x2(__funnelshift_r(word, word, 8))};
 }
 
-// The same for step `step` alone (both halves of both words hold its scale): three integer ops
-// per row and step. Measured faster than row_scales in the mma.sync kernel for 32-token tiles,
-// which decodes one step at a time between its MMAs (docs/performance.md, version 5).
-__device__ __forceinline__ RowScales step_scales(uint32_t word, int step) {
-  const uint32_t code = __funnelshift_r(word, word, 8 * step) & 0x0FF0u;
-  const uint32_t pair = code * 0x00010001u + kScaleExponentBase;
-  return {pair, pair};
-}
-
 // r * (s, s), with s the half of `pair` (0: lo, 1: hi) broadcast to both lanes. ptxas folds the
 // broadcast into the multiply's operand selector.
 template <int kHalf>

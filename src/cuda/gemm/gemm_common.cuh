@@ -152,23 +152,14 @@ struct WeightStream {
 };
 
 // The four A registers of k16 step `step` (a constant after unrolling) of a chunk
-// (nvfp4_decode.cuh). With kChunkScales the row scales of all four steps come from one set of
-// operations, which the compiler shares between the unrolled steps; otherwise each step
-// extracts its own.
-// NOTE: kChunkScales measured 7% faster for the 8-token tiles at T = 1 and 1.5-3% for the
-// wgmma kernels, but 5% slower for the 32-token mma.sync tiles (T = 256 and 512). Taking the
-// scale byte with a byte permute (__byte_perm) measured slower everywhere.
-template <bool kChunkScales>
+// (nvfp4_decode.cuh). The row scales of all four steps come from one set of operations, which
+// the compiler shares between the unrolled steps.
 __device__ __forceinline__ void decode_step(const WeightChunk& w, int step, uint32_t (&a)[4]) {
   const uint32_t word = step == 0   ? w.codes.x
                         : step == 1 ? w.codes.y
                         : step == 2 ? w.codes.z
                                     : w.codes.w;
-  if constexpr (kChunkScales) {
-    decode_a_fragment(word, row_scales(w.scales.x), row_scales(w.scales.y), step, a);
-  } else {
-    decode_a_fragment(word, step_scales(w.scales.x, step), step_scales(w.scales.y, step), step, a);
-  }
+  decode_a_fragment(word, row_scales(w.scales.x), row_scales(w.scales.y), step, a);
 }
 
 struct EpilogueScales {

@@ -83,16 +83,16 @@ struct GemmShape {
   constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
 };
 
-enum class GemmShapeId { kSmall, kMedium, kWgmma32, kWgmma64, kWgmma128 };
+enum class GemmShapeId { kSmall, kWgmma32, kWgmma64, kWgmma128 };
 
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
     case GemmShapeId::kSmall:
       return {4, 1, 8, 6, 0, 3};  // decode: few tokens per expert
-    case GemmShapeId::kMedium:
-      return {4, 2, 32, 3, 0, 3};
     case GemmShapeId::kWgmma32:
-      return {8, 2, 32, 0, 8, 16};  // 2 consumer warpgroups x 128 rows, four 8-token units
+      // 3 consumer warpgroups x 128 rows, four 8-token units.
+      // NOTE: 3 warpgroups, not 2: T = 160..384 9-12% faster (their decode is latency-bound).
+      return {12, 2, 32, 0, 8, 8};
     case GemmShapeId::kWgmma64:
       // 2 consumer warpgroups x 128 rows, two 32-token units.
       // NOTE: 8 stages, not 12: a power of two for the stage index, and T = 1024 7% faster.
@@ -104,26 +104,25 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
 }
 
 // The shape for a batch, by the mean number of tokens an active expert receives. Measured on an
-// H200 (DeepSeek-V3 layer, docs/performance.md): 8-token tiles win up to ~4 tokens per expert
-// (T <= 64: 1.78 ms against 2.37 with wgmma32), 32-token wgmma tiles of 8-token units at 8
-// (T = 256: 2.82 ms against 2.91 with mma.sync 32-token tiles), the mma.sync 32-token tiles at
-// 16 (T = 512: 3.05 ms against 3.28 and 3.53), 64-token wgmma tiles of 32-token units at 32
-// (T = 1024: 3.81 ms against 4.05 with one 64-token unit), 128-token tiles from 64 on (T =
-// 2048: 5.04 ms against 5.91). Between measured points the boundary is the midpoint, except that
-// the mma.sync 32-token tiles keep 16 (T = 512).
+// H200 (DeepSeek-V3 layer, forced shapes, docs/performance.md, version 6): the 8-token mma.sync
+// tiles win up to ~4 tokens per expert (T = 64: 1.65-1.68 ms against 1.71-1.72 with wgmma32;
+// a tie at 3-4), 32-token wgmma tiles of 8-token units up to 16 (T = 512: 2.58 ms against 2.69
+// with wgmma64 and 3.01 with the retired 32-token mma.sync tiles), 64-token tiles of 32-token
+// units at 24 to 48 (T = 768: 2.76 against 3.05; T = 1536: 3.58-3.65 against 4.00 with
+// 128-token tiles), 128-token tiles from 64 on (T = 2048: a tie). Between measured points the
+// boundary is the midpoint.
 constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts) {
   // Active experts cannot exceed either the experts or the routed slots.
   const int64_t bound = routed_slots < num_local_experts ? routed_slots : num_local_experts;
   const int64_t active = bound > 1 ? bound : 1;
   const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
   return tokens_per_expert <= 4    ? GemmShapeId::kSmall
-         : tokens_per_expert <= 12 ? GemmShapeId::kWgmma32
-         : tokens_per_expert <= 16 ? GemmShapeId::kMedium
-         : tokens_per_expert <= 48 ? GemmShapeId::kWgmma64
+         : tokens_per_expert <= 20 ? GemmShapeId::kWgmma32
+         : tokens_per_expert <= 56 ? GemmShapeId::kWgmma64
                                    : GemmShapeId::kWgmma128;
 }
 
-// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|medium|wgmma32|wgmma64|wgmma128 forces a shape
+// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|wgmma32|wgmma64|wgmma128 forces a shape
 // (for tuning); the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts);
 

@@ -20,13 +20,12 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
     const char* name = std::getenv("NVFP4MOE_GEMM_SHAPE");
     if (name == nullptr) return std::nullopt;
     if (std::string(name) == "small") return GemmShapeId::kSmall;
-    if (std::string(name) == "medium") return GemmShapeId::kMedium;
     if (std::string(name) == "wgmma32") return GemmShapeId::kWgmma32;
     if (std::string(name) == "wgmma64") return GemmShapeId::kWgmma64;
     if (std::string(name) == "wgmma128") return GemmShapeId::kWgmma128;
     std::fprintf(stderr,
-                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, medium, wgmma32, "
-                 "wgmma64 or wgmma128\n",
+                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, wgmma32, wgmma64 "
+                 "or wgmma128\n",
                  name);
     return std::nullopt;
   }();
@@ -87,8 +86,6 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
   switch (id) {
     case GemmShapeId::kSmall:
       return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream);
-    case GemmShapeId::kMedium:
-      return launch_shape<GemmShapeId::kMedium, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kWgmma32:
       return launch_shape<GemmShapeId::kWgmma32, kEpilogue>(p, grid_y, stream);
     case GemmShapeId::kWgmma64:

@@ -1,8 +1,9 @@
-// The grouped NVFP4 x bf16 GEMM on mma.sync, "swap AB": weights are the A operand (M = output
-// features), tokens the B operand (N), so an expert with 1 token wastes at most 7 of 8 columns.
+// The grouped NVFP4 x bf16 GEMM on mma.sync for few tokens per expert, "swap AB": weights are the
+// A operand (M = output features), tokens the B operand (N), so an expert with 1 token wastes at
+// most 7 of 8 columns. Tiles of more tokens go to the wgmma kernel (wgmma_gemm.cuh).
 //
 //   block   = kWarps warps; grid.x walks row blocks of the expert's matrix, grid.y the tiles
-//             (expert, 8..64 consecutive sorted tokens) the router built on the device
+//             (expert, up to 8 consecutive sorted tokens) the router built on the device
 //   A       = prepared NVFP4 weights, 16 bytes per lane per 64-wide K chunk straight from global
 //             memory into registers (one chunk prefetched), decoded exactly to bf16 fragments
 //   B       = the tile's tokens, kStages-deep cp.async ring in shared memory, 16-byte chunks
@@ -29,16 +30,11 @@ struct GemmConfig {
   // NOTE: a power of two, so the stage of a chunk is a mask, not a division by 3 (3 instructions
   // of ~150 per chunk and warp at T = 1, ncu).
   static constexpr int kStages = 4;
-  static constexpr int kNTiles = kTileTokens / 8;
-  // Row scales once per chunk (decode_step): measured faster for 8-token tiles, slower for 32.
-  static constexpr bool kChunkScales = kTileTokens == 8;
   using Loader = TokenLoader<kTileTokens, kThreads>;
   static constexpr int kStageElements = Loader::kStageElements;  // bf16 per stage
   static constexpr int kSmemBytes = kStages * kStageElements * 2;
-  static_assert(kTileTokens == 8 || kTileTokens % 16 == 0,
-                "tokens per tile: 8, or a multiple of 16 (ldmatrix.x4 loads two n8 tiles)");
+  static_assert(kTileTokens == 8, "8-token tiles: one n8 MMA per A fragment");
   static_assert(kSmemBytes <= 48 * 1024, "the B ring must fit in static shared memory");
-  static_assert(kGroupsPerWarp * kNTiles * 4 <= 128, "accumulators would spill registers");
   static_assert(kAPrefetch >= 1 && kAPrefetch <= 8, "1 to 8 weight chunks in flight");
 };
 
@@ -76,64 +72,32 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
     for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) out[i] = streams[i].load(chunk);
   };
 
-  float acc[Cfg::kGroupsPerWarp][Cfg::kNTiles][4];
+  float acc[Cfg::kGroupsPerWarp][4];
 #pragma unroll
   for (int i = 0; i < Cfg::kGroupsPerWarp; ++i)
 #pragma unroll
-    for (int n = 0; n < Cfg::kNTiles; ++n)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[i][n][j] = 0.0f;
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
-  // Where this lane's ldmatrix rows start in a stage, per k16 step (and n16 pair of tiles):
-  // fixed, so a chunk adds only the stage.
-  constexpr int kMatrixLoads = Cfg::kTileTokens == 8 ? 1 : Cfg::kNTiles / 2;
-  int b_offset[4][kMatrixLoads];
+  // Where this lane's ldmatrix rows start in a stage, per k16 step: fixed, so a chunk adds only
+  // the stage. Matrices: tokens 0..7 x k lo, tokens 0..7 x k hi (lanes 16..31 repeat addresses).
+  int b_offset[4];
 #pragma unroll
   for (int step = 0; step < 4; ++step) {
-#pragma unroll
-    for (int j = 0; j < kMatrixLoads; ++j) {
-      const int m = lane / 8, r = lane % 8;
-      if constexpr (Cfg::kTileTokens == 8) {
-        // Matrices: tokens 0..7 x k lo, tokens 0..7 x k hi (lanes 16..31 repeat addresses).
-        const int chunk16 = step * 2 + (m & 1);
-        b_offset[step][j] = r * kChunkK + ((chunk16 ^ (r & 7)) * 8);
-      } else {
-        // Matrices: (tile 2j, k lo), (tile 2j, k hi), (tile 2j+1, k lo), (tile 2j+1, k hi).
-        const int token = (2 * j + (m >> 1)) * 8 + r;
-        const int chunk16 = step * 2 + (m & 1);
-        b_offset[step][j] = token * kChunkK + ((chunk16 ^ (token & 7)) * 8);
-      }
-    }
+    const int r = lane % 8, chunk16 = step * 2 + (lane / 8) % 2;
+    b_offset[step] = r * kChunkK + ((chunk16 ^ (r & 7)) * 8);
   }
 
-  // One 64-wide chunk: decode this warp's A fragments, multiply by every token of the stage.
+  // One 64-wide chunk: decode this warp's A fragments, multiply by the stage's tokens.
   auto compute_chunk = [&](const uint16_t* stage, const WeightChunk(&chunk)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
     for (int step = 0; step < 4; ++step) {
       uint32_t a[Cfg::kGroupsPerWarp][4];
 #pragma unroll
-      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-        decode_step<Cfg::kChunkScales>(chunk[i], step, a[i]);
-      }
-      if constexpr (Cfg::kTileTokens == 8) {
-        uint32_t b[2];
-        ptx::ldmatrix_x2(b, stage + b_offset[step][0]);
+      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) decode_step(chunk[i], step, a[i]);
+      uint32_t b[2];
+      ptx::ldmatrix_x2(b, stage + b_offset[step]);
 #pragma unroll
-        for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) ptx::mma_bf16_16x8x16(acc[i][0], a[i], b);
-      } else {
-#pragma unroll
-        for (int n = 0; n < Cfg::kNTiles; n += 2) {
-          uint32_t b4[4];
-          ptx::ldmatrix_x4(b4, stage + b_offset[step][n / 2]);
-          const uint32_t b_lo[2] = {b4[0], b4[1]};
-          const uint32_t b_hi[2] = {b4[2], b4[3]};
-#pragma unroll
-          for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
-            ptx::mma_bf16_16x8x16(acc[i][n], a[i], b_lo);
-            ptx::mma_bf16_16x8x16(acc[i][n + 1], a[i], b_hi);
-          }
-        }
-      }
+      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) ptx::mma_bf16_16x8x16(acc[i], a[i], b);
     }
   };
 
@@ -164,20 +128,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
   ptx::cp_async_wait<0>();
 
   // ---- Epilogue ---------------------------------------------------------------------------
-  // acc[i][n] = {(row g, token 2t), (row g, token 2t+1), (row g+8, token 2t), (row g+8, 2t+1)}
+  // acc[i] = {(row g, token 2t), (row g, token 2t+1), (row g+8, token 2t), (row g+8, 2t+1)}
   const EpilogueScales scales = epilogue_scales<kEpilogue>(p, tile.expert);
 #pragma unroll
   for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
     if (!streams[i].valid) continue;
 #pragma unroll
-    for (int n = 0; n < Cfg::kNTiles; ++n) {
-#pragma unroll
-      for (int col = 0; col < 2; ++col) {
-        const int token = n * 8 + 2 * t + col;
-        if (token >= tile.rows) continue;
-        store_row_pair<kEpilogue>(p, scales, group0 + i, g, tile.row_begin + token, acc[i][n][col],
-                                  acc[i][n][2 + col]);
-      }
+    for (int col = 0; col < 2; ++col) {
+      const int token = 2 * t + col;
+      if (token >= tile.rows) continue;
+      store_row_pair<kEpilogue>(p, scales, group0 + i, g, tile.row_begin + token, acc[i][col],
+                                acc[i][2 + col]);
     }
   }
 }

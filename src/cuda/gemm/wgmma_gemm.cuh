@@ -204,7 +204,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
 #pragma unroll
     for (int i = 0; i < kGroups; ++i)
 #pragma unroll
-      for (int step = 0; step < 4; ++step) decode_step<true>(w[i], step, frag[i][step]);
+      for (int step = 0; step < 4; ++step) decode_step(w[i], step, frag[i][step]);
   };
   auto wait_stage = [&](int chunk) {
     ptx::mbarrier_wait(&full[Cfg::stage_of(chunk)], Cfg::phase_of(chunk));
