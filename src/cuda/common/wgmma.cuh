@@ -64,7 +64,15 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 }
 
 // D(64 x kN, fp32) += A(64 x 16, bf16 registers) * B(16 x kN, bf16 shared): kN / 2 accumulators
-// per thread. The tile shapes cut their tokens into units of kN (docs/performance.md, version 5).
+// per thread, four per n8 block in order, so the accumulators of a narrower MMA are the leading
+// ones of a wider one's (`leading`). The tile shapes cut their tokens into units of kN, the last
+// one narrower when it holds few tokens (docs/performance.md, versions 5 and 6).
+template <int kCount, int kAll>
+__device__ __forceinline__ float (&leading(float (&d)[kAll]))[kCount] {
+  static_assert(kCount <= kAll, "a prefix of the accumulators");
+  return *reinterpret_cast<float(*)[kCount]>(&d[0]);
+}
+
 template <int kN>
 struct Mma;
 
@@ -78,6 +86,21 @@ struct Mma<8> {
         "%0, %1, %2, %3"
         "}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+  }
+};
+
+template <>
+struct Mma<16> {
+  static constexpr int kAccumulators = 8;
+  static __device__ __forceinline__ void run(float (&d)[8], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
   }
 };
