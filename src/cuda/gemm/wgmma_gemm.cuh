@@ -188,8 +188,9 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   int code_offset = Cfg::kTokenBytes + consumer_warp * kGroups * kCodeBytesPerChunk + lane * 16;
   int scale_offset = Cfg::kTokenBytes + Cfg::kCodeBytes +
                      consumer_warp * kGroups * kScaleBytesPerChunk + g * 8;
-  // Row groups past the matrix are never copied: the lane zeroes what it would read of them in
-  // every stage, once (no one else reads or writes those bytes), so the loop reads unguarded.
+  // Row groups past the matrix are never copied: the warp zeroes what it will read of them in
+  // every stage, once (no other warp reads or writes those bytes; a lane's scale words are read
+  // by the 4 lanes of its group, hence the __syncwarp), so the loop reads unguarded.
 #pragma unroll
   for (int i = 0; i < kGroups; ++i) {
     if (group0 + i < p.row_groups) continue;
@@ -199,6 +200,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
       *reinterpret_cast<uint2*>(base + scale_offset + i * kScaleBytesPerChunk) = make_uint2(0, 0);
     }
   }
+  __syncwarp();
   auto read_weights = [&](int chunk, WeightChunk(&w)[kGroups]) {
     const uint8_t* stage = ring + Cfg::stage_of(chunk) * Cfg::kStageBytes;
 #pragma unroll
