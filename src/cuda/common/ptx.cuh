@@ -76,21 +76,27 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* barrier, uint32_t count)
                : "memory");
 }
 
-// Arrives with release semantics: this thread's earlier writes are seen by whoever waits.
+// Arrives with release semantics: this thread's earlier writes are seen by whoever waits. The
+// barrier by pointer or by its shared-memory address (a loop can keep that in a register).
+__device__ __forceinline__ void mbarrier_arrive(uint32_t barrier_address) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(barrier_address) : "memory");
+}
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* barrier) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(barrier))
-               : "memory");
+  mbarrier_arrive(smem_address(barrier));
 }
 
 // Waits (acquire) until the phase with the given parity has completed.
-__device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+__device__ __forceinline__ void mbarrier_wait(uint32_t barrier_address, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\n"
       "WAIT:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n}\n" ::"r"(smem_address(barrier)),
+      "@!done bra WAIT;\n}\n" ::"r"(barrier_address),
       "r"(parity)
       : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+  mbarrier_wait(smem_address(barrier), parity);
 }
 
 // Register budget of this warpgroup's warps (sm_90a); every warp of the warpgroup runs it.

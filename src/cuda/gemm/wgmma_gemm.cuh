@@ -217,8 +217,11 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
 #pragma unroll
       for (int step = 0; step < 4; ++step) decode_step(w[i], step, frag[i][step]);
   };
+  // The barriers' shared-memory addresses, kept in registers through the loop like the offsets.
+  uint32_t full_address = ptx::smem_address(full);
+  uint32_t empty_address = ptx::smem_address(empty);
   auto wait_stage = [&](int chunk) {
-    ptx::mbarrier_wait(&full[Cfg::stage_of(chunk)], Cfg::phase_of(chunk));
+    ptx::mbarrier_wait(full_address + Cfg::stage_of(chunk) * 8, Cfg::phase_of(chunk));
   };
 
   uint32_t a[2][kGroups][4][4];  // [fragment set][group][k16 step][register]
@@ -241,8 +244,12 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     decode_chunk(w, a[0]);
   }
   for (int base = 0; base < p.k_chunks; base += 2) {
+    // Opaque moves: ptxas otherwise re-derives these loop invariants from the thread index and
+    // the shared window every chunk (about 15 instructions); now they stay in registers.
     asm volatile("mov.b32 %0, %0;" : "+r"(code_offset));
     asm volatile("mov.b32 %0, %0;" : "+r"(scale_offset));
+    asm volatile("mov.b32 %0, %0;" : "+r"(full_address));
+    asm volatile("mov.b32 %0, %0;" : "+r"(empty_address));
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       const int chunk = base + u;
@@ -276,6 +283,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
             }
           }
         }
+        wgmma::commit_group();
       };
       auto issue_units = [&](auto active) {
         if constexpr (Cfg::kNarrowTail) {
@@ -298,7 +306,6 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
           if constexpr (Cfg::kUnits >= 4) issue_units(std::integral_constant<int, 4>{});
           break;
       }
-      wgmma::commit_group();
 
       // Chunk c+1's words, read while chunk c's MMAs run.
       WeightChunk w[kGroups];
@@ -311,7 +318,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
       // Every consumer thread arrives: each has read weights from that stage, and its arrival
       // orders those reads before the producer's next copies into it.
       wgmma::wait_group<1>();
-      if (chunk > 0) ptx::mbarrier_arrive(&empty[Cfg::stage_of(chunk - 1)]);
+      if (chunk > 0) ptx::mbarrier_arrive(empty_address + Cfg::stage_of(chunk - 1) * 8);
       if (chunk + 1 < p.k_chunks) decode_chunk(w, a[1 - u]);
     }
   }
