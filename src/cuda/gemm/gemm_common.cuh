@@ -74,10 +74,14 @@ struct TokenLoader {
   const uint16_t* source[kLoadsPerThread];  // kKeepAddresses: the row at k_in_chunk, or null
   int first_offset;                          // element offset in a stage of the first pair
   int k_in_chunk;
+  int thread;
 
-  __device__ __forceinline__ TokenLoader(const GemmParams& p, const BlockTile& tile) {
-    const int c = static_cast<int>(threadIdx.x) % 8;
-    const int r0 = static_cast<int>(threadIdx.x) / 8;
+  // `thread`: this thread's index among the kThreads that share the copies.
+  __device__ __forceinline__ TokenLoader(const GemmParams& p, const BlockTile& tile,
+                                         int thread = static_cast<int>(threadIdx.x))
+      : thread(thread) {
+    const int c = thread % 8;
+    const int r0 = thread / 8;
     k_in_chunk = c * 8;
     first_offset = r0 * kChunkK + ((c ^ (r0 & 7)) * 8);
 #pragma unroll
@@ -100,7 +104,7 @@ struct TokenLoader {
     const int k0 = chunk * kChunkK + k_in_chunk;
 #pragma unroll
     for (int i = 0; i < kLoadsPerThread; ++i) {
-      if (kPairs % kThreads != 0 && static_cast<int>(threadIdx.x) + i * kThreads >= kPairs) {
+      if (kPairs % kThreads != 0 && thread + i * kThreads >= kPairs) {
         continue;
       }
       uint16_t* to = stage + first_offset + i * kRowStep * kChunkK;

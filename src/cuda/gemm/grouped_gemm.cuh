@@ -5,9 +5,10 @@
 //   block   = kWarps warps; grid.x walks row blocks of the expert's matrix, grid.y the tiles
 //             (expert, up to 8 consecutive sorted tokens) the router built on the device
 //   A       = prepared NVFP4 weights, 16 bytes per lane per 64-wide K chunk straight from global
-//             memory into registers (one chunk prefetched), decoded exactly to bf16 fragments
-//   B       = the tile's tokens, kStages-deep cp.async ring in shared memory, 16-byte chunks
-//             XOR-swizzled by row so ldmatrix is conflict-free (gemm_common.cuh)
+//             memory into registers (kAPrefetch chunks in flight), decoded exactly to bf16
+//   B       = the tile's tokens, a ring of kSlots chunks in shared memory filled with cp.async
+//             in batches of kBatch chunks, 16-byte pieces XOR-swizzled by row so ldmatrix is
+//             conflict-free (gemm_common.cuh)
 //
 //   epilogue = per Epilogue: fused gated activation, weighted combine, or plain store
 #pragma once
@@ -27,20 +28,29 @@ struct GemmConfig {
   // where the loop is a stream of weight bytes and latency must be covered by loads in flight.
   static constexpr int kAPrefetch = kAPrefetch_;
   static constexpr int kThreads = kWarps * 32;
-  // NOTE: a power of two, so the stage of a chunk is a mask, not a division by 3 (3 instructions
-  // of ~150 per chunk and warp at T = 1, ncu).
-  static constexpr int kStages = 4;
-  using Loader = TokenLoader<kTileTokens, kThreads>;
-  static constexpr int kStageElements = Loader::kStageElements;  // bf16 per stage
-  static constexpr int kSmemBytes = kStages * kStageElements * 2;
+  // The tokens' ring: kSlots chunks, copied and published in batches of kBatch chunks (one
+  // barrier and one round of copies per batch), kBatches - 1 batches ahead of the MMAs.
+  // NOTE: powers of two, so a chunk's slot is a mask, not a division (3 instructions of ~150 per
+  // chunk and warp at T = 1, ncu).
+  static constexpr int kBatch = 4;
+  static constexpr int kBatches = 4;
+  static constexpr int kSlots = kBatch * kBatches;
+  // A chunk's 8 x 64 tokens are 64 copies of 16 bytes: each group of 64 threads copies every
+  // kCopyGroups-th chunk of a batch, so every thread copies kBatch / kCopyGroups per batch.
+  static constexpr int kCopyGroups = kThreads / 64;
+  using Loader = TokenLoader<kTileTokens, 64>;
+  static constexpr int kSlotElements = Loader::kStageElements;  // bf16 per chunk
+  static constexpr int kSmemBytes = kSlots * kSlotElements * 2;
   static_assert(kTileTokens == 8, "8-token tiles: one n8 MMA per A fragment");
   static_assert(kSmemBytes <= 48 * 1024, "the B ring must fit in static shared memory");
   static_assert(kAPrefetch >= 1 && kAPrefetch <= 8, "1 to 8 weight chunks in flight");
+  static_assert((kAPrefetch + 1) % kBatch == 0, "the loop's unroll holds whole batches");
+  static_assert(kThreads % 64 == 0 && kBatch % kCopyGroups == 0, "whole chunks per thread group");
 };
 
 template <class Cfg, Epilogue kEpilogue>
 __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmParams p) {
-  __shared__ alignas(128) uint16_t smem_b[Cfg::kStages * Cfg::kStageElements];
+  __shared__ alignas(128) uint16_t smem_b[Cfg::kSlots * Cfg::kSlotElements];
 
   const BlockTile tile = block_tile(p, Cfg::kTileTokens);
   if (tile.rows <= 0) return;
@@ -50,9 +60,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
   const int g = lane / 4, t = lane % 4;
   const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kWarps + warp) * Cfg::kGroupsPerWarp;
 
-  const typename Cfg::Loader loader(p, tile);
-  auto load_stage = [&](int chunk, int stage) {
-    loader.load(p, chunk, smem_b + stage * Cfg::kStageElements);
+  const typename Cfg::Loader loader(p, tile, static_cast<int>(threadIdx.x) % 64);
+  const int copy_group = static_cast<int>(threadIdx.x) / 64;
+  // Copies batch `batch`'s chunks into their slots (chunks past K are not copied) and commits
+  // them as one group.
+  auto load_batch = [&](uint32_t batch) {
+#pragma unroll
+    for (uint32_t j = 0; j < Cfg::kBatch; j += Cfg::kCopyGroups) {
+      const uint32_t chunk = batch * Cfg::kBatch + j + copy_group;
+      if (chunk < static_cast<uint32_t>(p.k_chunks)) {
+        loader.load(p, static_cast<int>(chunk), smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements);
+      }
+    }
+    ptx::cp_async_commit();
   };
 
   // ---- A: this warp's row groups ------------------------------------------------------------
@@ -103,10 +123,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
 
   // ---- Main loop ------------------------------------------------------------------------------
 #pragma unroll
-  for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < p.k_chunks) load_stage(s, s);
-    ptx::cp_async_commit();
-  }
+  for (int b = 0; b < Cfg::kBatches - 1; ++b) load_batch(b);
 #pragma unroll
   for (int d = 0; d < Cfg::kAPrefetch; ++d) load_a(d, a_ring[d]);
 
@@ -117,12 +134,14 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
       if (chunk >= p.k_chunks) break;  // uniform across the block
       // Refill the slot of the chunk before this one, kAPrefetch chunks ahead.
       load_a(chunk + Cfg::kAPrefetch, a_ring[(u + Cfg::kAPrefetch) % kRing]);
-      ptx::cp_async_wait<Cfg::kStages - 2>();
-      __syncthreads();  // chunk's stage is visible; the stage refilled below is no longer read
-      const int next = chunk + Cfg::kStages - 1;
-      if (next < p.k_chunks) load_stage(next, next % Cfg::kStages);
-      ptx::cp_async_commit();
-      compute_chunk(smem_b + (chunk % Cfg::kStages) * Cfg::kStageElements, a_ring[u]);
+      if (u % Cfg::kBatch == 0) {
+        // This batch has landed and is visible to all warps; the previous batch's slots are no
+        // longer read, and take the batch kBatches - 1 ahead.
+        ptx::cp_async_wait<Cfg::kBatches - 2>();
+        __syncthreads();
+        load_batch(static_cast<uint32_t>(chunk) / Cfg::kBatch + Cfg::kBatches - 1);
+      }
+      compute_chunk(smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements, a_ring[u]);
     }
   }
   ptx::cp_async_wait<0>();
