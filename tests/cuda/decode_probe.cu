@@ -43,8 +43,7 @@ __global__ void decode_probe_kernel(const uint8_t* codes, const uint8_t* scale_c
 }  // namespace
 
 std::string run_decode_probe(const std::vector<uint8_t>& codes,
-                             const std::vector<uint8_t>& scale_codes,
-                             std::vector<uint16_t>& out) {
+                             const std::vector<uint8_t>& scale_codes, std::vector<uint16_t>& out) {
   const int count = static_cast<int>(codes.size());
   out.assign(32 * codes.size(), 0);
   uint8_t *d_codes = nullptr, *d_scales = nullptr;

@@ -14,7 +14,6 @@ inline constexpr int kProbeCodeStride = 127;
 // code of pair (i + kProbeCodeStride * j) % count, and step s the scale code of pair (i + s) %
 // count). Returns an error description, or empty on success.
 std::string run_decode_probe(const std::vector<uint8_t>& codes,
-                             const std::vector<uint8_t>& scale_codes,
-                             std::vector<uint16_t>& out);
+                             const std::vector<uint8_t>& scale_codes, std::vector<uint16_t>& out);
 
 }  // namespace nvfp4moe::testing

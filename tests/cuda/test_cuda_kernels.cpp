@@ -49,9 +49,9 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
       const double actual = bf16_to_float(out[32 * i + j]);
       if (actual != expected || std::signbit(actual) != std::signbit(expected)) {
         if (++mismatches <= 10) {
-          ADD_FAILURE() << "code " << int(code) << " scale 0x" << std::hex << int(scale)
-                        << std::dec << " step " << j / 8 << " position " << j % 8 << ": "
-                        << actual << " != " << expected;
+          ADD_FAILURE() << "code " << int(code) << " scale 0x" << std::hex << int(scale) << std::dec
+                        << " step " << j / 8 << " position " << j % 8 << ": " << actual
+                        << " != " << expected;
         }
       }
     }

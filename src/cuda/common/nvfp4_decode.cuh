@@ -30,8 +30,9 @@ inline constexpr uint32_t kScaleExponentBase = 0x70007000u;
 // it into two LOP3s, one per constant).
 __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t word) {
   uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(word), "n"(kScaleCodeBits),
-      "r"(kScaleExponentBase));
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;"
+      : "=r"(d)
+      : "r"(word), "n"(kScaleCodeBits), "r"(kScaleExponentBase));
   return d;
 }
 __device__ __forceinline__ RowScales row_scales(uint32_t word) {

@@ -70,9 +70,9 @@ struct TokenLoader {
   static constexpr bool kKeepAddresses = kLoadsPerThread <= 2;
   static_assert(kThreads % 64 == 0, "the swizzle of a thread's rows must not change");
 
-  int32_t source_row[kLoadsPerThread];       // -1: no token (zero-filled)
+  int32_t source_row[kLoadsPerThread];      // -1: no token (zero-filled)
   const uint16_t* source[kLoadsPerThread];  // kKeepAddresses: the row at k_in_chunk, or null
-  int first_offset;                          // element offset in a stage of the first pair
+  int first_offset;                         // element offset in a stage of the first pair
   int k_in_chunk;
   int thread;
 
@@ -93,9 +93,8 @@ struct TokenLoader {
         source_row[i] = p.gather ? p.gather[position] / p.gather_divisor : position;
       }
       if constexpr (kKeepAddresses) {
-        source[i] = source_row[i] < 0
-                        ? nullptr
-                        : p.b + int64_t(source_row[i]) * p.b_row_stride + k_in_chunk;
+        source[i] = source_row[i] < 0 ? nullptr
+                                      : p.b + int64_t(source_row[i]) * p.b_row_stride + k_in_chunk;
       }
     }
   }

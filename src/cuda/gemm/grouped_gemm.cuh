@@ -69,7 +69,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
     for (uint32_t j = 0; j < Cfg::kBatch; j += Cfg::kCopyGroups) {
       const uint32_t chunk = batch * Cfg::kBatch + j + copy_group;
       if (chunk < static_cast<uint32_t>(p.k_chunks)) {
-        loader.load(p, static_cast<int>(chunk), smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements);
+        loader.load(p, static_cast<int>(chunk),
+                    smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements);
       }
     }
     ptx::cp_async_commit();

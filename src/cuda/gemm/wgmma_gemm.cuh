@@ -168,7 +168,9 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   // halves of a unit (class 2 or 1; 0: the whole unit): the tile after an expert's full tiles
   // often holds a few.
   const int tail_tokens = tile.rows - (units - 1) * Cfg::kUnitN;
-  const int tail_class = tail_tokens <= Cfg::kUnitN / 4 ? 2 : tail_tokens <= Cfg::kUnitN / 2 ? 1 : 0;
+  const int tail_class = tail_tokens <= Cfg::kUnitN / 4   ? 2
+                         : tail_tokens <= Cfg::kUnitN / 2 ? 1
+                                                          : 0;
   const wgmma::SmemDescriptor ring_descriptor = wgmma::SmemDescriptor::sw128(ring_address);
 
   // The weighted combine's per-token output row and routing weight, fetched now so the two
@@ -186,8 +188,8 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
 
   // This lane's words of chunk `chunk`, from its stage (which has landed), at fixed offsets.
   int code_offset = Cfg::kTokenBytes + consumer_warp * kGroups * kCodeBytesPerChunk + lane * 16;
-  int scale_offset = Cfg::kTokenBytes + Cfg::kCodeBytes +
-                     consumer_warp * kGroups * kScaleBytesPerChunk + g * 8;
+  int scale_offset =
+      Cfg::kTokenBytes + Cfg::kCodeBytes + consumer_warp * kGroups * kScaleBytesPerChunk + g * 8;
   // Row groups past the matrix are never copied: the warp zeroes what it will read of them in
   // every stage, once (no other warp reads or writes those bytes; a lane's scale words are read
   // by the 4 lanes of its group, hence the __syncwarp), so the loop reads unguarded.
@@ -196,7 +198,8 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     if (group0 + i < p.row_groups) continue;
     for (int stage = 0; stage < Cfg::kStages; ++stage) {
       uint8_t* base = ring + stage * Cfg::kStageBytes;
-      *reinterpret_cast<uint4*>(base + code_offset + i * kCodeBytesPerChunk) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(base + code_offset + i * kCodeBytesPerChunk) =
+          make_uint4(0, 0, 0, 0);
       *reinterpret_cast<uint2*>(base + scale_offset + i * kScaleBytesPerChunk) = make_uint2(0, 0);
     }
   }
@@ -205,10 +208,8 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
     const uint8_t* stage = ring + Cfg::stage_of(chunk) * Cfg::kStageBytes;
 #pragma unroll
     for (int i = 0; i < kGroups; ++i) {
-      w[i].codes =
-          *reinterpret_cast<const uint4*>(stage + code_offset + i * kCodeBytesPerChunk);
-      w[i].scales =
-          *reinterpret_cast<const uint2*>(stage + scale_offset + i * kScaleBytesPerChunk);
+      w[i].codes = *reinterpret_cast<const uint4*>(stage + code_offset + i * kCodeBytesPerChunk);
+      w[i].scales = *reinterpret_cast<const uint2*>(stage + scale_offset + i * kScaleBytesPerChunk);
     }
   };
   auto decode_chunk = [&](const WeightChunk(&w)[kGroups], uint32_t(&frag)[kGroups][4][4]) {
@@ -277,8 +278,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
               if (n + 1 < kActive) {
                 Cfg::Mma::run(acc[i][n], frag[i][step], desc);
               } else {
-                wgmma::Mma<kTailN>::run(wgmma::leading<kTailN / 2>(acc[i][n]), frag[i][step],
-                                        desc);
+                wgmma::Mma<kTailN>::run(wgmma::leading<kTailN / 2>(acc[i][n]), frag[i][step], desc);
               }
             }
           }
