@@ -85,6 +85,13 @@ __device__ __forceinline__ void mbarrier_arrive(uint64_t* barrier) {
   mbarrier_arrive(smem_address(barrier));
 }
 
+// Arrives on the barrier once all of this thread's earlier cp.async copies have landed, without
+// waiting for them (the arrival counts as one of the barrier's expected arrivals).
+__device__ __forceinline__ void cp_async_mbarrier_arrive(uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_address(barrier))
+               : "memory");
+}
+
 // Waits (acquire) until the phase with the given parity has completed.
 __device__ __forceinline__ void mbarrier_wait(uint32_t barrier_address, uint32_t parity) {
   asm volatile(

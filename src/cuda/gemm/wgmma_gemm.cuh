@@ -57,9 +57,6 @@ struct WgmmaConfig {
   static constexpr int kConsumerRegisters =
       std::min(240, (kLaunchRegisters * kThreads - kProducerThreads * kProducerRegisters) /
                         (128 * kConsumers) / 8 * 8);
-  // Chunks whose token copies a producer thread keeps in flight before publishing the oldest:
-  // all stages but the two the consumers may be reading and one being refilled.
-  static constexpr int kCopyLag = kStages - 3;
   // Where chunk c (>= 0) lives in the ring, and the parity of its round through it.
   static __device__ __forceinline__ uint32_t stage_of(int chunk) {
     return static_cast<uint32_t>(chunk) % kStages;
@@ -221,8 +218,11 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
   // The barriers' shared-memory addresses, kept in registers through the loop like the offsets.
   uint32_t full_address = ptx::smem_address(full);
   uint32_t empty_address = ptx::smem_address(empty);
+  // The stage's copies have landed (generic proxy); the fence orders them before this thread's
+  // MMAs read the tokens through the async proxy.
   auto wait_stage = [&](int chunk) {
     ptx::mbarrier_wait(full_address + Cfg::stage_of(chunk) * 8, Cfg::phase_of(chunk));
+    wgmma::fence_proxy_async_shared();
   };
 
   uint32_t a[2][kGroups][4][4];  // [fragment set][group][k16 step][register]
@@ -418,26 +418,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
     ptx::set_max_registers_dec<Cfg::kProducerRegisters>();
     const typename Cfg::Loader loader(p, tile);
     const WeightLoader<Cfg> weights(p, tile.expert);
-    int published = 0;  // chunks whose `full` barrier this thread has arrived on
     for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
       const int stage = chunk % Cfg::kStages;
       uint8_t* stage_base = ring + stage * Cfg::kStageBytes;
       if (chunk >= Cfg::kStages) ptx::mbarrier_wait(&empty[stage], (chunk / Cfg::kStages - 1) & 1);
       weights.load(chunk, stage_base);
       loader.load(p, chunk, reinterpret_cast<uint16_t*>(stage_base));
-      ptx::cp_async_commit();
-      if (chunk - published >= Cfg::kCopyLag) {
-        ptx::cp_async_wait<Cfg::kCopyLag>();  // the oldest unpublished chunk landed
-        wgmma::fence_proxy_async_shared();    // ... visible to the tensor cores' reads
-        ptx::mbarrier_arrive(&full[published % Cfg::kStages]);
-        ++published;
-      }
+      // The stage is published when these copies land; the thread goes on to the next stage.
+      ptx::cp_async_mbarrier_arrive(&full[stage]);
     }
-    ptx::cp_async_wait<0>();
-    wgmma::fence_proxy_async_shared();
-    for (; published < p.k_chunks; ++published) {
-      ptx::mbarrier_arrive(&full[published % Cfg::kStages]);
-    }
+    ptx::cp_async_wait<0>();  // no copy outlives its thread
   } else {
     // ---- Consumers --------------------------------------------------------------------------
     ptx::set_max_registers_inc<Cfg::kConsumerRegisters>();
