@@ -77,12 +77,9 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* barrier, uint32_t count)
 }
 
 // Arrives with release semantics: this thread's earlier writes are seen by whoever waits. The
-// barrier by pointer or by its shared-memory address (a loop can keep that in a register).
+// barrier by its shared-memory address (a loop can keep that in a register).
 __device__ __forceinline__ void mbarrier_arrive(uint32_t barrier_address) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(barrier_address) : "memory");
-}
-__device__ __forceinline__ void mbarrier_arrive(uint64_t* barrier) {
-  mbarrier_arrive(smem_address(barrier));
 }
 
 // Arrives on the barrier once all of this thread's earlier cp.async copies have landed, without

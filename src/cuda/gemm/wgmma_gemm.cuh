@@ -419,6 +419,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
     const typename Cfg::Loader loader(p, tile);
     const WeightLoader<Cfg> weights(p, tile.expert);
     for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
+      // NOTE: a signed stage index, not Cfg::stage_of: the unsigned one cost this 40-register
+      // warpgroup three registers and spilled the 128-token tiles.
       const int stage = chunk % Cfg::kStages;
       uint8_t* stage_base = ring + stage * Cfg::kStageBytes;
       if (chunk >= Cfg::kStages) ptx::mbarrier_wait(&empty[stage], (chunk / Cfg::kStages - 1) & 1);
