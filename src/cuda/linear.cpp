@@ -47,6 +47,7 @@ void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint
   p.k = static_cast<int32_t>(prepared.k);
   p.b = x;
   p.b_row_stride = config.in_features;
+  p.b_rows = tokens;
   p.implicit_rows = static_cast<int32_t>(tokens);
   p.weight_scale = weight_scale;
   p.out = out;

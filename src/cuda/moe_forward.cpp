@@ -169,6 +169,7 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   gemm1.weight_scale = w.gate_scale;
   gemm1.weight_scale_up = w.up_scale;
   gemm1.b_row_stride = c.hidden;
+  gemm1.b_rows = tokens;
   gemm1.gather = sorted_slot;
   gemm1.gather_divisor = static_cast<int32_t>(c.top_k);
   gemm1.b = args.hidden;
@@ -201,6 +202,7 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
       x.per_expert_scale = w.gate_up_input_scale;
       x.row_expert = sorted_expert;
       gemm1.gather = nullptr;
+      gemm1.b_rows = slots;
       gemm1.act_source = ActivationScaleSource::kPerExpert;
       gemm1.act_scale = w.gate_up_input_scale;
     }
@@ -224,6 +226,7 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   gemm2.weight_scale = w.down_scale;
   gemm2.b = static_cast<const uint16_t*>(h);
   gemm2.b_row_stride = c.intermediate;
+  gemm2.b_rows = slots;
   if (w4a4) {
     auto* hq = reinterpret_cast<uint16_t*>(at(layout.hq));
     QuantizeSource hs;

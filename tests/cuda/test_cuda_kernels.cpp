@@ -7,6 +7,7 @@
 
 #include "core/synthetic.hpp"
 #include "cuda/common/prepared_layout.hpp"
+#include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/gemm/gemm_params.hpp"
 #include "cuda/quant/quant.hpp"
 #include "decode_probe.hpp"
@@ -81,6 +82,23 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma32).tile_tokens, 32);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma64).tile_tokens, 64);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma128).tile_tokens, 128);
+}
+
+// The launcher refuses what its kernels cannot address, before touching the device.
+TEST(GemmLaunch, RefusesActivationsOf32GiBOrMore) {
+  cuda::GemmParams p;
+  p.row_groups = 1;
+  p.k_chunks = 1;
+  p.b_row_stride = 8192;
+  p.b_rows = (int64_t(1) << 34) / 8192;  // exactly 2^34 bf16 elements
+  EXPECT_EQ(cuda::launch_grouped_gemm(cuda::GemmShapeId::kWgmma128, cuda::Epilogue::kLinear, p, 1,
+                                      nullptr),
+            cudaErrorInvalidValue);
+  p.b_row_stride = 7172;  // rows not 16-byte aligned
+  p.b_rows = 1;
+  EXPECT_EQ(
+      cuda::launch_grouped_gemm(cuda::GemmShapeId::kSmall, cuda::Epilogue::kLinear, p, 1, nullptr),
+      cudaErrorInvalidValue);
 }
 
 // ---- Quantization kernel ------------------------------------------------------------------

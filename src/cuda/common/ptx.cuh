@@ -25,6 +25,13 @@ __device__ __forceinline__ void cp_async_16(uint32_t smem, const void* global, b
       "l"(global), "r"(valid ? 16 : 0), "r"(static_cast<int>(issue)));
 }
 
+// base + 16 * pieces bytes in one multiply-add (ptxas otherwise widens with shifts and masks).
+__device__ __forceinline__ const void* add_pieces(const void* base, uint32_t pieces) {
+  uint64_t address;
+  asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(address) : "r"(pieces), "l"(base));
+  return reinterpret_cast<const void*>(address);
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int kPending>

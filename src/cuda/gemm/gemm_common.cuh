@@ -58,9 +58,9 @@ __device__ __forceinline__ BlockTile block_tile(const GemmParams& p, int tile_to
 // (row, 16-byte chunk) pairs: its chunk column is the same for all of them and, with threads a
 // multiple of 64, so is the swizzle (row & 7), so per pair only the source is kept: the row's
 // address where a thread has at most two pairs (the mma.sync tiles, whose warps issue the copies
-// between their MMAs: a chunk then costs an add per copy), else its index (the wgmma producer
-// warpgroups, which have few registers and spare issue slots). Rows past the tile and K past the
-// end are zero-filled.
+// between their MMAs: a chunk then costs an add per copy), else its 16-byte piece of B in 32 bits
+// (the wgmma producer warpgroups, which have few registers: a chunk costs a multiply-add per copy).
+// Rows past the tile and K past the end are zero-filled.
 template <int kTileTokens, int kThreads>
 struct TokenLoader {
   static constexpr int kPairs = kTileTokens * 8;
@@ -70,9 +70,13 @@ struct TokenLoader {
   static constexpr bool kKeepAddresses = kLoadsPerThread <= 2;
   static_assert(kThreads % 64 == 0, "the swizzle of a thread's rows must not change");
 
-  int32_t source_row[kLoadsPerThread];      // -1: no token (zero-filled)
-  const uint16_t* source[kLoadsPerThread];  // kKeepAddresses: the row at k_in_chunk, or null
-  int first_offset;                         // element offset in a stage of the first pair
+  // kKeepAddresses: the row at k_in_chunk, or null (no token: zero-filled).
+  const uint16_t* source[kLoadsPerThread];
+  // Else: the 16-byte piece of B (from p.b) of the row at k_in_chunk, with kNoRow set where the
+  // pair has no token (the copy then reads nothing, from row 0).
+  static constexpr uint32_t kNoRow = 0x80000000u;
+  uint32_t source_piece[kLoadsPerThread];
+  int first_offset;  // element offset in a stage of the first pair
   int k_in_chunk;
   int thread;
 
@@ -87,20 +91,26 @@ struct TokenLoader {
 #pragma unroll
     for (int i = 0; i < kLoadsPerThread; ++i) {
       const int r = r0 + i * kRowStep;
-      source_row[i] = -1;
+      int64_t row = -1;
       if (r < kTileTokens && r < tile.rows) {
         const int position = tile.row_begin + r;
-        source_row[i] = p.gather ? p.gather[position] / p.gather_divisor : position;
+        row = p.gather ? p.gather[position] / p.gather_divisor : position;
       }
       if constexpr (kKeepAddresses) {
-        source[i] = source_row[i] < 0 ? nullptr
-                                      : p.b + int64_t(source_row[i]) * p.b_row_stride + k_in_chunk;
+        source[i] = row < 0 ? nullptr : p.b + row * p.b_row_stride + k_in_chunk;
+      } else {
+        // Rows are 16-byte aligned; launch_grouped_gemm keeps B under 32 GiB (2^31 pieces).
+        source_piece[i] = row < 0 ? kNoRow | uint32_t(k_in_chunk / 8)
+                                  : static_cast<uint32_t>((row * p.b_row_stride + k_in_chunk) / 8);
       }
     }
   }
 
   __device__ __forceinline__ void load(const GemmParams& p, int chunk, uint16_t* stage) const {
     const int k0 = chunk * kChunkK + k_in_chunk;
+    const bool k_valid = k0 < p.k;
+    // Past K the copies read nothing; their address stays at the row's start.
+    const uint16_t* chunk_base = k_valid ? p.b + chunk * kChunkK : p.b;
 #pragma unroll
     for (int i = 0; i < kLoadsPerThread; ++i) {
       if (kPairs % kThreads != 0 && thread + i * kThreads >= kPairs) {
@@ -108,13 +118,15 @@ struct TokenLoader {
       }
       uint16_t* to = stage + first_offset + i * kRowStep * kChunkK;
       if constexpr (kKeepAddresses) {
-        const bool valid = source[i] != nullptr && k0 < p.k;
+        const bool valid = source[i] != nullptr && k_valid;
         ptx::cp_async_16(to, valid ? source[i] + chunk * kChunkK : p.b, valid);
       } else {
-        const bool valid = source_row[i] >= 0 && k0 < p.k;
-        const uint16_t* from = p.b + int64_t(valid ? source_row[i] : 0) * p.b_row_stride + k0;
-        ptx::cp_async_16(to, valid ? static_cast<const void*>(from) : static_cast<const void*>(p.b),
-                         valid);
+        // Opaque, so ptxas cannot hoist each pair's 64-bit row address out of the chunk loop
+        // (16 more registers: the 128-token tiles' 40-register producer spilled).
+        uint32_t piece = source_piece[i];
+        asm volatile("" : "+r"(piece));
+        const bool valid = (piece & kNoRow) == 0 && k_valid;
+        ptx::cp_async_16(to, ptx::add_pieces(chunk_base, piece & ~kNoRow), valid);
       }
     }
   }

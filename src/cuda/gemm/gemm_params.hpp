@@ -42,6 +42,9 @@ struct GemmParams {
   // p: gather[p] / gather_divisor when gather is set, else p.
   const uint16_t* b = nullptr;
   int64_t b_row_stride = 0;
+  // Rows of B: the launcher refuses B of 32 GiB or more (the copies count its 16-byte pieces in
+  // 31 bits).
+  int64_t b_rows = 0;
   const int32_t* gather = nullptr;
   int32_t gather_divisor = 1;
 

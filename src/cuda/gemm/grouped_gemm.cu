@@ -103,6 +103,9 @@ cudaError_t launch_grouped_gemm(GemmShapeId shape, Epilogue epilogue, const Gemm
   if (grid_y <= 0) return cudaSuccess;
   if (grid_y > 65535 || params.row_groups <= 0 || params.k_chunks <= 0)
     return cudaErrorInvalidValue;
+  if (params.b_rows < 0 || params.b_row_stride % 8 != 0 ||
+      params.b_rows * params.b_row_stride >= (int64_t(1) << 34))  // bf16 elements: 32 GiB
+    return cudaErrorInvalidValue;
   switch (epilogue) {
     case Epilogue::kGateUpBf16:
       return launch_epilogue<Epilogue::kGateUpBf16>(shape, params, grid_y, stream);
