@@ -16,15 +16,6 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* global, bool
                "l"(global), "r"(valid ? 16 : 0));
 }
 
-// The same to a shared-memory address, and only where `issue` holds.
-__device__ __forceinline__ void cp_async_16(uint32_t smem, const void* global, bool valid,
-                                            bool issue = true) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %3, 0;\n"
-      "@p cp.async.cg.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(smem),
-      "l"(global), "r"(valid ? 16 : 0), "r"(static_cast<int>(issue)));
-}
-
 // base + 16 * pieces bytes in one multiply-add (ptxas otherwise widens with shifts and masks).
 __device__ __forceinline__ const void* add_pieces(const void* base, uint32_t pieces) {
   uint64_t address;
@@ -55,6 +46,22 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ uint4 load_global_nc(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint2 load_global_nc(const uint2* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n"
+               : "=r"(v.x), "=r"(v.y)
+               : "l"(p));
+  return v;
 }
 
 // out[0..3] += v, one vector reduction in L2 (sm_90); out 16-byte aligned.

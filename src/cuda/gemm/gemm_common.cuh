@@ -1,6 +1,6 @@
 // Pieces both grouped GEMM kernels share: which tile a block computes, the token (B) loader into
-// the 128-byte-swizzled shared-memory ring, a lane's weight (A) words of a chunk and their decode,
-// and the epilogue of one (row pair, token) result.
+// the 128-byte-swizzled shared-memory ring, the weight (A) chunk loads, and the epilogue of one
+// (row pair, token) result.
 //
 // B stage layout, both kernels: rows of 64 bf16 (128 B), one per token, with the 16-byte chunk c
 // of row r stored at chunk position c ^ (r & 7). ldmatrix reads it without bank conflicts, and
@@ -136,6 +136,34 @@ struct TokenLoader {
 struct WeightChunk {
   uint4 codes;   // a word of 8 nibbles per k16 step
   uint2 scales;  // the scale words of rows g (x) and g + 8 (y)
+};
+
+// The lane's pointers into one row group's chunks.
+struct WeightStream {
+  const uint4* codes = nullptr;
+  const uint2* scales = nullptr;
+  bool valid = false;
+  int k_chunks = 0;
+
+  static __device__ __forceinline__ WeightStream make(const GemmParams& p, int expert, int group,
+                                                      int lane) {
+    WeightStream w;
+    w.valid = group < p.row_groups;
+    w.k_chunks = p.k_chunks;
+    const int64_t g = w.valid ? group : 0;
+    w.codes = static_cast<const uint4*>(p.codes) + expert * (p.expert_code_bytes / 16) +
+              g * p.k_chunks * 32 + lane;
+    w.scales = static_cast<const uint2*>(p.scales) + expert * (p.expert_scale_bytes / 8) +
+               g * p.k_chunks * 8 + lane / 4;
+    return w;
+  }
+
+  __device__ __forceinline__ WeightChunk load(int chunk) const {
+    if (valid && chunk < k_chunks) {
+      return {ptx::load_global_nc(codes + chunk * 32), ptx::load_global_nc(scales + chunk * 8)};
+    }
+    return {make_uint4(0, 0, 0, 0), make_uint2(0, 0)};
+  }
 };
 
 // The four A registers of k16 step `step` (a constant after unrolling) of a chunk

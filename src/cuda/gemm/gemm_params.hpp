@@ -80,8 +80,9 @@ struct GemmShape {
   int warps;
   int groups_per_warp;
   int tile_tokens;
+  int a_prefetch;    // mma.sync: weight chunks in flight per warp, in registers
   int wgmma_unit_n;  // 0: the mma.sync kernel
-  int stages;        // ring depth in chunks of weights (and, with wgmma, of tokens)
+  int stages;        // wgmma: ring depth in chunks of tokens and weights (mma.sync: unused)
   constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
 };
 
@@ -90,19 +91,19 @@ enum class GemmShapeId { kSmall, kWgmma32, kWgmma64, kWgmma128 };
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
     case GemmShapeId::kSmall:
-      return {4, 1, 8, 0, 8};  // decode: few tokens per expert
+      return {4, 1, 8, 7, 0, 0};  // decode: few tokens per expert
     case GemmShapeId::kWgmma32:
       // 3 consumer warpgroups x 128 rows, four 8-token units.
       // NOTE: 3 warpgroups, not 2: T = 160..384 9-12% faster (their decode is latency-bound).
-      return {12, 2, 32, 8, 8};
+      return {12, 2, 32, 0, 8, 8};
     case GemmShapeId::kWgmma64:
       // 2 consumer warpgroups x 128 rows, two 32-token units.
       // NOTE: 8 stages, not 12: a power of two for the stage index, and T = 1024 7% faster.
-      return {8, 2, 64, 32, 8};
+      return {8, 2, 64, 0, 32, 8};
     case GemmShapeId::kWgmma128:
-      return {8, 2, 128, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
+      return {8, 2, 128, 0, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
   }
-  return {4, 1, 8, 0, 8};
+  return {4, 1, 8, 7, 0, 0};
 }
 
 // The shape for a batch, by the mean number of tokens an active expert receives. Measured on an

@@ -4,9 +4,8 @@
 //
 //   block   = kWarps warps; grid.x walks row blocks of the expert's matrix, grid.y the tiles
 //             (expert, up to 8 consecutive sorted tokens) the router built on the device
-//   A       = prepared NVFP4 weights: each warp copies its row groups' chunks with cp.async into
-//             its own ring of kStages chunks in shared memory, kStages - 1 chunks ahead, and
-//             decodes each lane's 16 bytes exactly to bf16
+//   A       = prepared NVFP4 weights, 16 bytes per lane per 64-wide K chunk straight from global
+//             memory into registers (kAPrefetch chunks in flight), decoded exactly to bf16
 //   B       = the tile's tokens, a ring of kSlots chunks in shared memory filled with cp.async
 //             in batches of kBatch chunks, 16-byte pieces XOR-swizzled by row so ldmatrix is
 //             conflict-free (gemm_common.cuh)
@@ -20,11 +19,14 @@
 
 namespace nvfp4moe::cuda {
 
-template <int kWarps_, int kGroupsPerWarp_, int kTileTokens_, int kStages_>
+template <int kWarps_, int kGroupsPerWarp_, int kTileTokens_, int kAPrefetch_>
 struct GemmConfig {
   static constexpr int kWarps = kWarps_;
   static constexpr int kGroupsPerWarp = kGroupsPerWarp_;
   static constexpr int kTileTokens = kTileTokens_;
+  // Weight chunks in flight per warp beyond the one being computed: deeper for few tokens,
+  // where the loop is a stream of weight bytes and latency must be covered by loads in flight.
+  static constexpr int kAPrefetch = kAPrefetch_;
   static constexpr int kThreads = kWarps * 32;
   // The tokens' ring: kSlots chunks, copied and published in batches of kBatch chunks (one
   // barrier and one round of copies per batch), kBatches - 1 batches ahead of the MMAs.
@@ -38,33 +40,17 @@ struct GemmConfig {
   static constexpr int kCopyGroups = kThreads / 64;
   using Loader = TokenLoader<kTileTokens, 64>;
   static constexpr int kSlotElements = Loader::kStageElements;  // bf16 per chunk
-  static constexpr int kTokenBytes = kSlots * kSlotElements * 2;
-  // The weights' ring: per warp, kStages chunks of its row groups (codes, then scales), each
-  // copied kStages - 1 chunks before its MMAs.
-  // NOTE: in shared memory, not registers. With a ring of loads into registers, ptxas gave all
-  // of them one scoreboard and waited for it to drain once per turn of the ring, the loads just
-  // issued included (SASS control bits); this ring's waits are exact and it takes 56 registers
-  // instead of 93. T = 8 2% faster, T = 1 the same (its warps are bound by their own issue).
-  static constexpr int kStages = kStages_;
-  static constexpr int kGroupBytes = kCodeBytesPerChunk + kScaleBytesPerChunk;
-  static constexpr int kWeightStageBytes = kGroupsPerWarp * kGroupBytes;
-  static constexpr int kWeightBytes = kWarps * kStages * kWeightStageBytes;
-  static constexpr int kSmemBytes = kTokenBytes + kWeightBytes;
+  static constexpr int kSmemBytes = kSlots * kSlotElements * 2;
   static_assert(kTileTokens == 8, "8-token tiles: one n8 MMA per A fragment");
-  static_assert(kSmemBytes <= 48 * 1024, "the rings must fit in static shared memory");
-  static_assert(kStages >= 2 && (kStages & (kStages - 1)) == 0, "a power of two: a mask");
-  // Each chunk commits one cp.async group (its weights kStages - 1 chunks ahead, and at a batch's
-  // start the tokens kBatches - 1 batches ahead); waiting for chunk c's weights must also cover
-  // its tokens, so those must be issued no later.
-  static_assert((kBatches - 1) * kBatch >= kStages - 1, "tokens copied before their weights");
+  static_assert(kSmemBytes <= 48 * 1024, "the B ring must fit in static shared memory");
+  static_assert(kAPrefetch >= 1 && kAPrefetch <= 8, "1 to 8 weight chunks in flight");
+  static_assert((kAPrefetch + 1) % kBatch == 0, "the loop's unroll holds whole batches");
   static_assert(kThreads % 64 == 0 && kBatch % kCopyGroups == 0, "whole chunks per thread group");
 };
 
 template <class Cfg, Epilogue kEpilogue>
 __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmParams p) {
-  __shared__ alignas(128) uint8_t smem[Cfg::kSmemBytes];
-  constexpr int kGroups = Cfg::kGroupsPerWarp;
-  uint16_t* smem_b = reinterpret_cast<uint16_t*>(smem);
+  __shared__ alignas(128) uint16_t smem_b[Cfg::kSlots * Cfg::kSlotElements];
 
   const BlockTile tile = block_tile(p, Cfg::kTileTokens);
   if (tile.rows <= 0) return;
@@ -72,11 +58,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
-  const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kWarps + warp) * kGroups;
+  const int group0 = (static_cast<int>(blockIdx.x) * Cfg::kWarps + warp) * Cfg::kGroupsPerWarp;
 
   const typename Cfg::Loader loader(p, tile, static_cast<int>(threadIdx.x) % 64);
   const int copy_group = static_cast<int>(threadIdx.x) / 64;
-  // Copies batch `batch`'s chunks into their slots (chunks past K are not copied).
+  // Copies batch `batch`'s chunks into their slots (chunks past K are not copied) and commits
+  // them as one group.
   auto load_batch = [&](uint32_t batch) {
 #pragma unroll
     for (uint32_t j = 0; j < Cfg::kBatch; j += Cfg::kCopyGroups) {
@@ -86,56 +73,29 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
                     smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements);
       }
     }
+    ptx::cp_async_commit();
   };
 
-  // ---- A: this warp's row groups, through its own ring ----------------------------------------
-  // Lane l copies and reads the 16 code bytes l of each group's chunk; lanes 0..3 copy the
-  // group's 64 scale bytes, of which lane l reads the 8 of rows l / 4 and l / 4 + 8 (hence a
-  // __syncwarp between the copies landing and the reads). Groups past the matrix are zero-filled.
-  const uint8_t* const warp_ring =
-      smem + Cfg::kTokenBytes + warp * Cfg::kStages * Cfg::kWeightStageBytes;
-  const uint32_t ring_address = ptx::smem_address(warp_ring);
-  const uint8_t* code_source[kGroups];
-  const uint8_t* scale_source[kGroups];
-  bool group_valid[kGroups];
+  // ---- A: this warp's row groups ------------------------------------------------------------
+  WeightStream streams[Cfg::kGroupsPerWarp];
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) {
-    group_valid[i] = group0 + i < p.row_groups;
-    const int64_t group = group_valid[i] ? group0 + i : 0;
-    code_source[i] = static_cast<const uint8_t*>(p.codes) + tile.expert * p.expert_code_bytes +
-                     group * p.k_chunks * kCodeBytesPerChunk + lane * 16;
-    scale_source[i] = static_cast<const uint8_t*>(p.scales) + tile.expert * p.expert_scale_bytes +
-                      group * p.k_chunks * kScaleBytesPerChunk + (lane % 4) * 16;
+  for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
+    streams[i] = WeightStream::make(p, tile.expert, group0 + i, lane);
   }
-  // Copies chunk `chunk`'s weights into its stage; chunks past K are not copied.
-  // NOTE: a branch, not copies that read nothing past K from a clamped address: those were 3-4%
-  // slower at T = 8..128 with ~the same instructions per chunk.
-  auto load_weights = [&](int chunk) {
-    if (chunk >= p.k_chunks) return;
-    const uint32_t stage = ring_address + (chunk % Cfg::kStages) * Cfg::kWeightStageBytes;
+  // A chunks live in a ring of kRing slots. The chunk loop below is unrolled by kRing, so each
+  // slot is a fixed set of registers and a load is only waited on when its chunk is used; a
+  // queue shifted every iteration would make each register move wait for its load (measured:
+  // a 3-deep queue ran exactly like 1-deep).
+  constexpr int kRing = Cfg::kAPrefetch + 1;
+  WeightChunk a_ring[kRing][Cfg::kGroupsPerWarp];
+  auto load_a = [&](int chunk, WeightChunk(&out)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
-    for (int i = 0; i < kGroups; ++i) {
-      const uint32_t to = stage + i * Cfg::kGroupBytes;
-      ptx::cp_async_16(to + lane * 16, code_source[i] + int64_t(chunk) * kCodeBytesPerChunk,
-                       group_valid[i]);
-      ptx::cp_async_16(to + kCodeBytesPerChunk + (lane % 4) * 16,
-                       scale_source[i] + int64_t(chunk) * kScaleBytesPerChunk, group_valid[i],
-                       lane < 4);
-    }
-  };
-  auto read_weights = [&](int chunk, WeightChunk(&out)[kGroups]) {
-    const uint8_t* stage = warp_ring + (chunk % Cfg::kStages) * Cfg::kWeightStageBytes;
-#pragma unroll
-    for (int i = 0; i < kGroups; ++i) {
-      out[i].codes = *reinterpret_cast<const uint4*>(stage + i * Cfg::kGroupBytes + lane * 16);
-      out[i].scales = *reinterpret_cast<const uint2*>(stage + i * Cfg::kGroupBytes +
-                                                      kCodeBytesPerChunk + g * 8);
-    }
+    for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) out[i] = streams[i].load(chunk);
   };
 
-  float acc[kGroups][4];
+  float acc[Cfg::kGroupsPerWarp][4];
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i)
+  for (int i = 0; i < Cfg::kGroupsPerWarp; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
@@ -149,50 +109,40 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
   }
 
   // One 64-wide chunk: decode this warp's A fragments, multiply by the stage's tokens.
-  auto compute_chunk = [&](const uint16_t* stage, const WeightChunk(&chunk)[kGroups]) {
+  auto compute_chunk = [&](const uint16_t* stage, const WeightChunk(&chunk)[Cfg::kGroupsPerWarp]) {
 #pragma unroll
     for (int step = 0; step < 4; ++step) {
-      uint32_t a[kGroups][4];
+      uint32_t a[Cfg::kGroupsPerWarp][4];
 #pragma unroll
-      for (int i = 0; i < kGroups; ++i) decode_step(chunk[i], step, a[i]);
+      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) decode_step(chunk[i], step, a[i]);
       uint32_t b[2];
       ptx::ldmatrix_x2(b, stage + b_offset[step]);
 #pragma unroll
-      for (int i = 0; i < kGroups; ++i) ptx::mma_bf16_16x8x16(acc[i], a[i], b);
+      for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) ptx::mma_bf16_16x8x16(acc[i], a[i], b);
     }
   };
 
   // ---- Main loop ------------------------------------------------------------------------------
-  // One cp.async group per chunk, committed kStages - 1 chunks ahead: the wait at chunk c is
-  // exactly for chunk c's weights (and, issued earlier, its tokens).
 #pragma unroll
   for (int b = 0; b < Cfg::kBatches - 1; ++b) load_batch(b);
 #pragma unroll
-  for (int d = 0; d < Cfg::kStages - 1; ++d) {
-    load_weights(d);
-    ptx::cp_async_commit();
-  }
+  for (int d = 0; d < Cfg::kAPrefetch; ++d) load_a(d, a_ring[d]);
 
-  for (int base = 0; base < p.k_chunks; base += Cfg::kBatch) {
+  for (int base = 0; base < p.k_chunks; base += kRing) {
 #pragma unroll
-    for (int u = 0; u < Cfg::kBatch; ++u) {
+    for (int u = 0; u < kRing; ++u) {
       const int chunk = base + u;
       if (chunk >= p.k_chunks) break;  // uniform across the block
-      ptx::cp_async_wait<Cfg::kStages - 2>();
-      if (u == 0) {
-        // This batch's tokens and this chunk's weights have landed and are visible to all
-        // warps; the previous batch's slots and chunk - 1's stage are no longer read, and take
-        // the batch kBatches - 1 ahead and chunk + kStages - 1.
+      // Refill the slot of the chunk before this one, kAPrefetch chunks ahead.
+      load_a(chunk + Cfg::kAPrefetch, a_ring[(u + Cfg::kAPrefetch) % kRing]);
+      if (u % Cfg::kBatch == 0) {
+        // This batch has landed and is visible to all warps; the previous batch's slots are no
+        // longer read, and take the batch kBatches - 1 ahead.
+        ptx::cp_async_wait<Cfg::kBatches - 2>();
         __syncthreads();
         load_batch(static_cast<uint32_t>(chunk) / Cfg::kBatch + Cfg::kBatches - 1);
-      } else {
-        __syncwarp();  // the scale bytes other lanes copied; chunk - 1's stage is free
       }
-      load_weights(chunk + Cfg::kStages - 1);
-      ptx::cp_async_commit();
-      WeightChunk weights[kGroups];
-      read_weights(chunk, weights);
-      compute_chunk(smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements, weights);
+      compute_chunk(smem_b + (chunk % Cfg::kSlots) * Cfg::kSlotElements, a_ring[u]);
     }
   }
   ptx::cp_async_wait<0>();
@@ -201,8 +151,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
   // acc[i] = {(row g, token 2t), (row g, token 2t+1), (row g+8, token 2t), (row g+8, 2t+1)}
   const EpilogueScales scales = epilogue_scales<kEpilogue>(p, tile.expert);
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) {
-    if (!group_valid[i]) continue;
+  for (int i = 0; i < Cfg::kGroupsPerWarp; ++i) {
+    if (!streams[i].valid) continue;
 #pragma unroll
     for (int col = 0; col < 2; ++col) {
       const int token = 2 * t + col;
