@@ -2,12 +2,12 @@
 // allocation and no host synchronization, so that it can be captured in a CUDA graph and
 // replayed with new hidden states and routing.
 //
-//   memset   counts, cursors, amax scalars
-//   route    count -> scan (offsets, tile table) -> scatter (sorted order)
+//   memset   counts, cursors, amax scalars (unless routing is one launch and W4A16 or static)
+//   route    count -> scan (offsets, tile table) -> scatter (sorted order); zeroes out_acc
+//            (inside its one launch at small T, else by a memset)
 //   [W4A4]   x -> amax -> quantize-dequantize (per token, or per sorted row for static scales)
 //   GEMM 1   gate/up over the tiles, activation in the epilogue -> h  [sorted rows, I]
 //   [W4A4]   h -> amax -> quantize-dequantize -> hq
-//   memset   out_acc [T, H] fp32
 //   GEMM 2   down over the tiles, out_acc[token] += weight * alpha * y (fp32 atomics)
 //   round    out_acc -> bf16 output
 //
@@ -142,7 +142,12 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   const auto grid_tiles =
       static_cast<int>(max_route_tiles(slots, c.num_local_experts, tile_tokens));
 
-  NVFP4MOE_CUDA_CHECK(cudaMemsetAsync(at(layout.counts), 0, layout.zeroed_bytes, stream));
+  // The single-launch router keeps its counts in shared memory: then only dynamic W4A4's amax
+  // words need zeroing.
+  if (!route_single_launch(slots, c.num_local_experts) || (w4a4 && dynamic)) {
+    NVFP4MOE_CUDA_CHECK(cudaMemsetAsync(at(layout.counts), 0, layout.zeroed_bytes, stream));
+  }
+  auto* out_acc = sums ? sums : reinterpret_cast<float*>(at(layout.out_acc));
 
   RouteParams route;
   route.topk_ids = args.topk_ids;
@@ -159,6 +164,10 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   route.sorted_slot = sorted_slot;
   route.sorted_expert = sorted_expert;
   route.error_flags = error_flags;
+  if (sums == nullptr) {  // the combine's sums, zeroed by the router at small T (one launch less)
+    route.zero = out_acc;
+    route.zero_bytes = tokens * c.hidden * int64_t(sizeof(float));
+  }
   check_launch(launch_route(route, stream), "route");
 
   // ---- Activations of GEMM 1 --------------------------------------------------------------
@@ -257,9 +266,10 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   }
 
   // ---- GEMM 2 and the combine ---------------------------------------------------------------
-  auto* out_acc = sums ? sums : reinterpret_cast<float*>(at(layout.out_acc));
-  NVFP4MOE_CUDA_CHECK(
-      cudaMemsetAsync(out_acc, 0, size_t(tokens * c.hidden) * sizeof(float), stream));
+  if (sums != nullptr) {
+    NVFP4MOE_CUDA_CHECK(
+        cudaMemsetAsync(out_acc, 0, size_t(tokens * c.hidden) * sizeof(float), stream));
+  }
   gemm2.out = out_acc;
   gemm2.out_row_stride = c.hidden;
   gemm2.sorted_slot = sorted_slot;

@@ -84,11 +84,17 @@ __global__ void route_scatter_kernel(const RouteParams p) {
 constexpr int kSmallMaxSlots = 8192;
 constexpr int kSmallMaxExperts = 4096;
 
+// Also zeroes p.zero (up to kSmallZeroBytes), which saves the graph a memset.
+constexpr int64_t kSmallZeroBytes = 256 * 1024;
+
 __global__ void __launch_bounds__(kScanThreads) route_small_kernel(const RouteParams p) {
   using Scan = cub::BlockScan<int, kScanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int counts[kSmallMaxExperts];
   __shared__ int cursors[kSmallMaxExperts];
+  for (int64_t i = threadIdx.x; i < p.zero_bytes / 16; i += kScanThreads) {
+    static_cast<uint4*>(p.zero)[i] = make_uint4(0, 0, 0, 0);
+  }
   for (int e = threadIdx.x; e < p.num_local_experts; e += kScanThreads) counts[e] = 0;
   __syncthreads();
   for (int s = threadIdx.x; s < p.num_slots; s += kScanThreads) {
@@ -134,10 +140,26 @@ __global__ void __launch_bounds__(kScanThreads) route_small_kernel(const RoutePa
 
 }  // namespace
 
+bool route_single_launch(int64_t num_slots, int64_t num_local_experts) {
+  return num_slots <= kSmallMaxSlots && num_local_experts <= kSmallMaxExperts;
+}
+
 cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
+  if (p.zero_bytes % 16 != 0 || (p.zero == nullptr) != (p.zero_bytes == 0)) {
+    return cudaErrorInvalidValue;
+  }
+  const bool small = p.num_slots > 0 && route_single_launch(p.num_slots, p.num_local_experts);
+  if (p.zero != nullptr && !(small && p.zero_bytes <= kSmallZeroBytes)) {
+    if (const cudaError_t status = cudaMemsetAsync(p.zero, 0, size_t(p.zero_bytes), stream);
+        status != cudaSuccess) {
+      return status;
+    }
+  }
   if (p.num_slots <= 0) return cudaSuccess;
-  if (p.num_slots <= kSmallMaxSlots && p.num_local_experts <= kSmallMaxExperts) {
-    route_small_kernel<<<1, kScanThreads, 0, stream>>>(p);
+  if (small) {
+    RouteParams q = p;
+    if (q.zero_bytes > kSmallZeroBytes) q.zero = nullptr, q.zero_bytes = 0;
+    route_small_kernel<<<1, kScanThreads, 0, stream>>>(q);
     return cudaGetLastError();
   }
   constexpr int kThreads = 256;

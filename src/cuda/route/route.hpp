@@ -23,7 +23,7 @@ struct RouteParams {
   int32_t num_local_experts = 0;
   int32_t tile_tokens = 8;  // GEMM tile width the table is cut for
 
-  // Outputs (workspace). counts and cursors must be zero on entry.
+  // Outputs (workspace). counts and cursors must be zero on entry unless route_single_launch.
   int32_t* counts = nullptr;         // [E_local]
   int32_t* cursors = nullptr;        // [E_local]
   int32_t* offsets = nullptr;        // [E_local + 1]; offsets[E_local] = routed slots
@@ -32,7 +32,16 @@ struct RouteParams {
   int32_t* sorted_slot = nullptr;    // [T * k] slot (t * k + j) of each sorted position
   int32_t* sorted_expert = nullptr;  // [T * k] local expert of each sorted position
   uint32_t* error_flags = nullptr;
+
+  // Zeroed on the way (the combine's fp32 sums), by the single-launch kernel when it is small,
+  // else by a memset; none when null. 16-byte aligned, a multiple of 16 bytes.
+  void* zero = nullptr;
+  int64_t zero_bytes = 0;
 };
+
+// Whether routing takes the single-launch kernel, which keeps its counts in shared memory (so the
+// workspace's counts and cursors need not be zero).
+bool route_single_launch(int64_t num_slots, int64_t num_local_experts);
 
 // The most tiles a table can need: sum over experts of ceil(count / tile), which is at most
 // slots / tile + E and at most slots (every tile holds a slot). The GEMM grid is launched at
