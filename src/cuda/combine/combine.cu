@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "cuda/combine/combine.hpp"
+#include "cuda/common/ptx.cuh"
 #include "nvfp4moe/format.hpp"
 
 namespace nvfp4moe::cuda {
@@ -9,6 +10,8 @@ namespace {
 
 // Four elements per thread (count is a multiple of 16: hidden sizes are).
 __global__ void round_to_bf16_kernel(const float4* input, uint2* output, int64_t count4) {
+  ptx::wait_prerequisite_grids();  // launched programmatically: the sums' kernel may be running
+  ptx::allow_dependent_grids();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count4;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float4 v = input[i];
@@ -20,15 +23,23 @@ __global__ void round_to_bf16_kernel(const float4* input, uint2* output, int64_t
 }  // namespace
 
 cudaError_t launch_round_to_bf16(const float* input, uint16_t* output, int64_t count,
-                                 cudaStream_t stream) {
+                                 cudaStream_t stream, bool programmatic) {
   if (count <= 0) return cudaSuccess;
   if (count % 4 != 0) return cudaErrorInvalidValue;
   constexpr int kThreads = 256;
   const int64_t count4 = count / 4;
   const int blocks = static_cast<int>(std::min<int64_t>((count4 + kThreads - 1) / kThreads, 4096));
-  round_to_bf16_kernel<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<const float4*>(input),
-                                                        reinterpret_cast<uint2*>(output), count4);
-  return cudaGetLastError();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  config.attrs = programmatic ? &attribute : nullptr;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, &round_to_bf16_kernel, reinterpret_cast<const float4*>(input),
+                            reinterpret_cast<uint2*>(output), count4);
 }
 
 }  // namespace nvfp4moe::cuda

@@ -69,6 +69,11 @@ struct GemmParams {
   int32_t top_k = 1;
   bool clamped = false;
   float swiglu_limit = 0.0f;
+
+  // Programmatic launch (launch_grouped_gemm's `programmatic`): the kernel waits for the grid
+  // ahead of it before reading anything, or, with this set, first copies its first weight chunks
+  // and reads its tiles, which the caller guarantees were complete before that grid started.
+  bool prefetch_before_wait = false;
 };
 
 // Tile shapes. Each warp owns groups_per_warp 16-row groups of weights and every token of the

@@ -62,13 +62,29 @@ cudaError_t allow_dynamic_shared_memory(const void* kernel, int bytes) {
   return status;
 }
 
+cudaError_t launch_kernel(void (*kernel)(GemmParams), dim3 grid, int threads, int smem_bytes,
+                          const GemmParams& p, cudaStream_t stream, bool programmatic) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.stream = stream;
+  config.attrs = programmatic ? &attribute : nullptr;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, p);
+}
+
 template <GemmShapeId kId, Epilogue kEpilogue>
-cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
+cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream, bool programmatic) {
   constexpr GemmShape s = gemm_shape(kId);
   const dim3 grid((p.row_groups + s.rows_per_block() / 16 - 1) / (s.rows_per_block() / 16), grid_y);
   if constexpr (s.wgmma_unit_n == 0) {
     using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
-    grouped_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, 0, stream>>>(p);
+    return launch_kernel(&grouped_gemm_kernel<Cfg, kEpilogue>, grid, Cfg::kThreads, 0, p, stream,
+                         programmatic);
   } else {
     static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
     using Cfg =
@@ -76,22 +92,23 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream) {
     const cudaError_t allowed = allow_dynamic_shared_memory(
         reinterpret_cast<const void*>(&wgmma_gemm_kernel<Cfg, kEpilogue>), Cfg::kSmemBytes);
     if (allowed != cudaSuccess) return allowed;
-    wgmma_gemm_kernel<Cfg, kEpilogue><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+    return launch_kernel(&wgmma_gemm_kernel<Cfg, kEpilogue>, grid, Cfg::kThreads, Cfg::kSmemBytes,
+                         p, stream, programmatic);
   }
-  return cudaGetLastError();
 }
 
 template <Epilogue kEpilogue>
-cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cudaStream_t stream) {
+cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cudaStream_t stream,
+                            bool programmatic) {
   switch (id) {
     case GemmShapeId::kSmall:
-      return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream);
+      return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream, programmatic);
     case GemmShapeId::kWgmma32:
-      return launch_shape<GemmShapeId::kWgmma32, kEpilogue>(p, grid_y, stream);
+      return launch_shape<GemmShapeId::kWgmma32, kEpilogue>(p, grid_y, stream, programmatic);
     case GemmShapeId::kWgmma64:
-      return launch_shape<GemmShapeId::kWgmma64, kEpilogue>(p, grid_y, stream);
+      return launch_shape<GemmShapeId::kWgmma64, kEpilogue>(p, grid_y, stream, programmatic);
     case GemmShapeId::kWgmma128:
-      return launch_shape<GemmShapeId::kWgmma128, kEpilogue>(p, grid_y, stream);
+      return launch_shape<GemmShapeId::kWgmma128, kEpilogue>(p, grid_y, stream, programmatic);
   }
   return cudaErrorInvalidValue;
 }
@@ -99,7 +116,7 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
 }  // namespace
 
 cudaError_t launch_grouped_gemm(GemmShapeId shape, Epilogue epilogue, const GemmParams& params,
-                                int grid_y, cudaStream_t stream) {
+                                int grid_y, cudaStream_t stream, bool programmatic) {
   if (grid_y <= 0) return cudaSuccess;
   if (grid_y > 65535 || params.row_groups <= 0 || params.k_chunks <= 0)
     return cudaErrorInvalidValue;
@@ -108,13 +125,13 @@ cudaError_t launch_grouped_gemm(GemmShapeId shape, Epilogue epilogue, const Gemm
     return cudaErrorInvalidValue;
   switch (epilogue) {
     case Epilogue::kGateUpBf16:
-      return launch_epilogue<Epilogue::kGateUpBf16>(shape, params, grid_y, stream);
+      return launch_epilogue<Epilogue::kGateUpBf16>(shape, params, grid_y, stream, programmatic);
     case Epilogue::kGateUpF32:
-      return launch_epilogue<Epilogue::kGateUpF32>(shape, params, grid_y, stream);
+      return launch_epilogue<Epilogue::kGateUpF32>(shape, params, grid_y, stream, programmatic);
     case Epilogue::kDownCombine:
-      return launch_epilogue<Epilogue::kDownCombine>(shape, params, grid_y, stream);
+      return launch_epilogue<Epilogue::kDownCombine>(shape, params, grid_y, stream, programmatic);
     case Epilogue::kLinear:
-      return launch_epilogue<Epilogue::kLinear>(shape, params, grid_y, stream);
+      return launch_epilogue<Epilogue::kLinear>(shape, params, grid_y, stream, programmatic);
   }
   return cudaErrorInvalidValue;
 }

@@ -52,6 +52,11 @@ template <class Cfg, Epilogue kEpilogue>
 __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmParams p) {
   __shared__ alignas(128) uint16_t smem_b[Cfg::kSlots * Cfg::kSlotElements];
 
+  // Launched programmatically, the kernel ahead may still be running (gemm_params.hpp).
+  if (!p.prefetch_before_wait) {
+    ptx::wait_prerequisite_grids();
+    ptx::allow_dependent_grids();
+  }
   const BlockTile tile = block_tile(p, Cfg::kTileTokens);
   if (tile.rows <= 0) return;
 
@@ -124,9 +129,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmP
 
   // ---- Main loop ------------------------------------------------------------------------------
 #pragma unroll
-  for (int b = 0; b < Cfg::kBatches - 1; ++b) load_batch(b);
-#pragma unroll
   for (int d = 0; d < Cfg::kAPrefetch; ++d) load_a(d, a_ring[d]);
+  if (p.prefetch_before_wait) {  // the tokens come from the kernel ahead
+    ptx::wait_prerequisite_grids();
+    ptx::allow_dependent_grids();
+  }
+#pragma unroll
+  for (int b = 0; b < Cfg::kBatches - 1; ++b) load_batch(b);
 
   for (int base = 0; base < p.k_chunks; base += kRing) {
 #pragma unroll
