@@ -71,8 +71,9 @@ struct GemmParams {
   float swiglu_limit = 0.0f;
 
   // Programmatic launch (launch_grouped_gemm's `programmatic`): the kernel waits for the grid
-  // ahead of it before reading anything, or, with this set, first copies its first weight chunks
-  // and reads its tiles, which the caller guarantees were complete before that grid started.
+  // ahead of it before reading anything, or, with this set (the 8-token tiles; the wgmma kernels
+  // always wait first), first reads its tiles and loads its first weight chunks, which the caller
+  // guarantees were complete before that grid started.
   bool prefetch_before_wait = false;
 };
 

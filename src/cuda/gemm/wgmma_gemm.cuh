@@ -399,13 +399,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
   uint8_t* ring = smem_raw + align;
   const uint32_t ring_address = raw_address + align;
 
-  // Launched programmatically, the kernel ahead may still be running (gemm_params.hpp); with
-  // prefetch_before_wait the producer copies the first stages' weights before it waits.
-  const bool producer = threadIdx.x < Cfg::kProducerThreads;
-  if (!p.prefetch_before_wait || !producer) {
-    ptx::wait_prerequisite_grids();
-    ptx::allow_dependent_grids();
-  }
+  // Launched programmatically, the kernel ahead may still be running (gemm_params.hpp).
+  ptx::wait_prerequisite_grids();
+  ptx::allow_dependent_grids();
   const BlockTile tile = block_tile(p, Cfg::kTileTokens);
   if (tile.rows <= 0) return;  // uniform across the block
 
@@ -425,21 +421,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) wgmma_gemm_kernel(const Gemm
     ptx::set_max_registers_dec<Cfg::kProducerRegisters>();
     const typename Cfg::Loader loader(p, tile);
     const WeightLoader<Cfg> weights(p, tile.expert);
-    // The first stages' weights before the wait (the ring is fresh), then the tokens.
-    const int early = p.prefetch_before_wait ? min(Cfg::kStages, p.k_chunks) : 0;
-    for (int chunk = 0; chunk < early; ++chunk)
-      weights.load(chunk, ring + chunk * Cfg::kStageBytes);
-    if (p.prefetch_before_wait) {
-      ptx::wait_prerequisite_grids();
-      ptx::allow_dependent_grids();
-    }
     for (int chunk = 0; chunk < p.k_chunks; ++chunk) {
       // NOTE: a signed stage index, not Cfg::stage_of: the unsigned one cost this 40-register
       // warpgroup three registers and spilled the 128-token tiles.
       const int stage = chunk % Cfg::kStages;
       uint8_t* stage_base = ring + stage * Cfg::kStageBytes;
       if (chunk >= Cfg::kStages) ptx::mbarrier_wait(&empty[stage], (chunk / Cfg::kStages - 1) & 1);
-      if (chunk >= early) weights.load(chunk, stage_base);
+      weights.load(chunk, stage_base);
       loader.load(p, chunk, reinterpret_cast<uint16_t*>(stage_base));
       // The stage is published when these copies land; the thread goes on to the next stage.
       ptx::cp_async_mbarrier_arrive(&full[stage]);
