@@ -10,6 +10,7 @@
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/gemm/gemm_params.hpp"
 #include "cuda/quant/quant.hpp"
+#include "cuda/route/route.hpp"
 #include "decode_probe.hpp"
 #include "gpu_test.hpp"
 #include "nvfp4moe/format.hpp"
@@ -99,6 +100,21 @@ TEST(GemmLaunch, RefusesActivationsOf32GiBOrMore) {
   EXPECT_EQ(
       cuda::launch_grouped_gemm(cuda::GemmShapeId::kSmall, cuda::Epilogue::kLinear, p, 1, nullptr),
       cudaErrorInvalidValue);
+}
+
+// The router zeroes the combine's sums only in whole 16-byte pieces, and a size needs a buffer.
+TEST(RouteLaunch, RefusesZeroingItCannotDo) {
+  alignas(16) static float sums[8];
+  cuda::RouteParams p;
+  p.zero = sums;
+  p.zero_bytes = 24;  // not a multiple of 16
+  EXPECT_EQ(cuda::launch_route(p, nullptr), cudaErrorInvalidValue);
+  p.zero = nullptr;
+  p.zero_bytes = 32;  // bytes without a buffer
+  EXPECT_EQ(cuda::launch_route(p, nullptr), cudaErrorInvalidValue);
+  EXPECT_TRUE(cuda::route_single_launch(8, 256));      // T = 1, DeepSeek-V3
+  EXPECT_FALSE(cuda::route_single_launch(8200, 256));  // past 8192 slots: three launches
+  EXPECT_FALSE(cuda::route_single_launch(8, 5000));    // past 4096 local experts
 }
 
 // ---- Quantization kernel ------------------------------------------------------------------
