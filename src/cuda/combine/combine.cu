@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "cuda/combine/combine.hpp"
+#include "cuda/common/launch.hpp"
 #include "cuda/common/ptx.cuh"
 #include "nvfp4moe/format.hpp"
 
@@ -29,17 +30,9 @@ cudaError_t launch_round_to_bf16(const float* input, uint16_t* output, int64_t c
   constexpr int kThreads = 256;
   const int64_t count4 = count / 4;
   const int blocks = static_cast<int>(std::min<int64_t>((count4 + kThreads - 1) / kThreads, 4096));
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  config.attrs = programmatic ? &attribute : nullptr;
-  config.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, &round_to_bf16_kernel, reinterpret_cast<const float4*>(input),
-                            reinterpret_cast<uint2*>(output), count4);
+  return launch_kernel(&round_to_bf16_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                       0, stream, programmatic, reinterpret_cast<const float4*>(input),
+                       reinterpret_cast<uint2*>(output), count4);
 }
 
 }  // namespace nvfp4moe::cuda

@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "cuda/common/launch.hpp"
 #include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/gemm/grouped_gemm.cuh"
 #include "cuda/gemm/wgmma_gemm.cuh"
@@ -62,29 +63,14 @@ cudaError_t allow_dynamic_shared_memory(const void* kernel, int bytes) {
   return status;
 }
 
-cudaError_t launch_kernel(void (*kernel)(GemmParams), dim3 grid, int threads, int smem_bytes,
-                          const GemmParams& p, cudaStream_t stream, bool programmatic) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
-  config.stream = stream;
-  config.attrs = programmatic ? &attribute : nullptr;
-  config.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, p);
-}
-
 template <GemmShapeId kId, Epilogue kEpilogue>
 cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream, bool programmatic) {
   constexpr GemmShape s = gemm_shape(kId);
   const dim3 grid((p.row_groups + s.rows_per_block() / 16 - 1) / (s.rows_per_block() / 16), grid_y);
   if constexpr (s.wgmma_unit_n == 0) {
     using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
-    return launch_kernel(&grouped_gemm_kernel<Cfg, kEpilogue>, grid, Cfg::kThreads, 0, p, stream,
-                         programmatic);
+    return launch_kernel(&grouped_gemm_kernel<Cfg, kEpilogue>, grid, dim3(Cfg::kThreads), 0, stream,
+                         programmatic, p);
   } else {
     static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
     using Cfg =
@@ -92,8 +78,8 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream, b
     const cudaError_t allowed = allow_dynamic_shared_memory(
         reinterpret_cast<const void*>(&wgmma_gemm_kernel<Cfg, kEpilogue>), Cfg::kSmemBytes);
     if (allowed != cudaSuccess) return allowed;
-    return launch_kernel(&wgmma_gemm_kernel<Cfg, kEpilogue>, grid, Cfg::kThreads, Cfg::kSmemBytes,
-                         p, stream, programmatic);
+    return launch_kernel(&wgmma_gemm_kernel<Cfg, kEpilogue>, grid, dim3(Cfg::kThreads),
+                         Cfg::kSmemBytes, stream, programmatic, p);
   }
 }
 
