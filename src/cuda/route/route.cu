@@ -149,7 +149,8 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   const bool small = p.num_slots > 0 && route_single_launch(p.num_slots, p.num_local_experts);
-  if (p.zero != nullptr && !(small && p.zero_bytes <= kSmallZeroBytes)) {
+  const bool zero_in_kernel = small && p.zero_bytes <= kSmallZeroBytes;
+  if (p.zero != nullptr && !zero_in_kernel) {
     if (const cudaError_t status = cudaMemsetAsync(p.zero, 0, size_t(p.zero_bytes), stream);
         status != cudaSuccess) {
       return status;
@@ -158,7 +159,7 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
   if (p.num_slots <= 0) return cudaSuccess;
   if (small) {
     RouteParams q = p;
-    if (q.zero_bytes > kSmallZeroBytes) q.zero = nullptr, q.zero_bytes = 0;
+    if (!zero_in_kernel) q.zero = nullptr, q.zero_bytes = 0;  // the memset above did it
     route_small_kernel<<<1, kScanThreads, 0, stream>>>(q);
     return cudaGetLastError();
   }
