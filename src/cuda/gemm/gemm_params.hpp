@@ -103,9 +103,12 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
       // NOTE: 3 warpgroups, not 2: T = 160..384 9-12% faster (their decode is latency-bound).
       return {12, 2, 32, 0, 8, 8};
     case GemmShapeId::kWgmma64:
-      // 2 consumer warpgroups x 128 rows, two 32-token units.
+      // 2 consumer warpgroups x 192 rows (3 row groups per warp), two 32-token units.
+      // NOTE: 3 row groups per warp, not 2: a chunk's waits, reads and MMA issue serve half again
+      // as many weights. Shape forced, T = 1024 / 1536 / 2048 3% / 6-12% / 5-7% faster, T = 512
+      // and 768 the same (docs/performance.md, version 8).
       // NOTE: 8 stages, not 12: a power of two for the stage index, and T = 1024 7% faster.
-      return {8, 2, 64, 0, 32, 8};
+      return {8, 3, 64, 0, 32, 8};
     case GemmShapeId::kWgmma128:
       return {8, 2, 128, 0, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
   }

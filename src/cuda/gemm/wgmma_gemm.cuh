@@ -357,10 +357,10 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
           }
     __syncwarp();
     constexpr int kQuads = 4 * kGroups;  // 4-feature quads per token row of this warp
-    static_assert(32 % kQuads == 0, "a warp covers whole token rows");
-    const int quad = lane % kQuads;
-    if (group0 + quad / 4 >= p.row_groups) return;  // rows past the matrix
-    for (int token = lane / kQuads; token < tile.rows; token += 32 / kQuads) {
+    // The warp's lanes walk the (token, quad) pairs: with 3 row groups a row has 12 quads.
+    for (int index = lane; index < tile.rows * kQuads; index += 32) {
+      const int token = index / kQuads, quad = index % kQuads;
+      if (group0 + quad / 4 >= p.row_groups) continue;  // rows past the matrix
       const float weight = combine_weight[token];
       const float4 y = *reinterpret_cast<const float4*>(tile_out + token * kStride + 4 * quad);
       float* out = static_cast<float*>(p.out) + combine_row[token] + group0 * 16 + 4 * quad;
