@@ -39,7 +39,7 @@ run() {
 
 run "gpu tests" "$build/tests/test_cuda" --gtest_brief=1
 # The heuristic picks one tile shape per size; force each through the GEMM and MoE checks.
-for shape in small wgmma32 wgmma64 wgmma128; do
+for shape in small wgmma16 wgmma32 wgmma64 wgmma128; do
   run "gpu tests, $shape tiles" env NVFP4MOE_GEMM_SHAPE=$shape "$build/tests/test_cuda" \
     --gtest_brief=1 --gtest_filter='CudaLinear*:*CudaMoe.*:CudaGraph*'
 done

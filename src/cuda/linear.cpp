@@ -78,7 +78,7 @@ void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint
     NVFP4MOE_CUDA_CHECK(launch_quantize_dequantize(source, xq, config.in_features, stream));
     p.b = xq;
   }
-  const GemmShapeId shape = select_gemm_shape(tokens, 1);
+  const GemmShapeId shape = select_gemm_shape(tokens, 1, config.out_features);
   const int tile_tokens = gemm_shape(shape).tile_tokens;
   NVFP4MOE_CUDA_CHECK(
       launch_grouped_gemm(shape, Epilogue::kLinear, p,

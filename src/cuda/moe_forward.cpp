@@ -137,7 +137,7 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   auto* sorted_expert = reinterpret_cast<int32_t*>(at(layout.sorted_expert));
   const int32_t* routed_rows = offsets + c.num_local_experts;
 
-  const GemmShapeId shape = select_gemm_shape(slots, c.num_local_experts);
+  const GemmShapeId shape = select_gemm_shape(slots, c.num_local_experts, 2 * c.intermediate);
   const int tile_tokens = gemm_shape(shape).tile_tokens;
   const auto grid_tiles =
       static_cast<int>(max_route_tiles(slots, c.num_local_experts, tile_tokens));

@@ -65,28 +65,38 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
 TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   using cuda::gemm_shape_for;
   using cuda::GemmShapeId;
-  static_assert(gemm_shape_for(8, 256) == GemmShapeId::kSmall);  // T = 1, DeepSeek-V3
-  EXPECT_EQ(gemm_shape_for(0, 256), GemmShapeId::kSmall);
-  EXPECT_EQ(gemm_shape_for(512, 256), GemmShapeId::kSmall);       // T = 64: 2 per expert
-  EXPECT_EQ(gemm_shape_for(1032, 256), GemmShapeId::kWgmma32);    // just past 4 per expert
-  EXPECT_EQ(gemm_shape_for(2048, 256), GemmShapeId::kWgmma32);    // T = 256: 8
-  EXPECT_EQ(gemm_shape_for(4096, 256), GemmShapeId::kWgmma32);    // T = 512: 16
-  EXPECT_EQ(gemm_shape_for(5120, 256), GemmShapeId::kWgmma32);    // 20
-  EXPECT_EQ(gemm_shape_for(5128, 256), GemmShapeId::kWgmma64);    // just past 20 per expert
-  EXPECT_EQ(gemm_shape_for(8192, 256), GemmShapeId::kWgmma64);    // T = 1024: 32
-  EXPECT_EQ(gemm_shape_for(14336, 256), GemmShapeId::kWgmma64);   // 56
-  EXPECT_EQ(gemm_shape_for(14344, 256), GemmShapeId::kWgmma128);  // just past 56 per expert
-  EXPECT_EQ(gemm_shape_for(16384, 256), GemmShapeId::kWgmma128);  // T = 2048: 64
-  EXPECT_EQ(gemm_shape_for(32768, 256), GemmShapeId::kWgmma128);  // T = 4096: 128
-  EXPECT_EQ(gemm_shape_for(40, 1), GemmShapeId::kWgmma64);        // one expert takes all
+  constexpr int64_t kRows = 4096;  // DeepSeek-V3's gate/up matrix: 8 blocks of 16-token tiles
+  static_assert(gemm_shape_for(8, 256, kRows) == GemmShapeId::kSmall);  // T = 1: 64 blocks
+  EXPECT_EQ(gemm_shape_for(0, 256, kRows), GemmShapeId::kSmall);
+  EXPECT_EQ(gemm_shape_for(12, 256, kRows), GemmShapeId::kSmall);        // 96 blocks
+  EXPECT_EQ(gemm_shape_for(13, 256, kRows), GemmShapeId::kWgmma16);      // 104 blocks
+  EXPECT_EQ(gemm_shape_for(16, 256, kRows), GemmShapeId::kWgmma16);      // T = 2
+  EXPECT_EQ(gemm_shape_for(512, 256, kRows), GemmShapeId::kWgmma16);     // T = 64: 2 per expert
+  EXPECT_EQ(gemm_shape_for(2048, 256, kRows), GemmShapeId::kWgmma16);    // T = 256: 8
+  EXPECT_EQ(gemm_shape_for(3072, 256, kRows), GemmShapeId::kWgmma16);    // 12
+  EXPECT_EQ(gemm_shape_for(3080, 256, kRows), GemmShapeId::kWgmma32);    // just past 12 per expert
+  EXPECT_EQ(gemm_shape_for(4096, 256, kRows), GemmShapeId::kWgmma32);    // T = 512: 16
+  EXPECT_EQ(gemm_shape_for(5120, 256, kRows), GemmShapeId::kWgmma32);    // 20
+  EXPECT_EQ(gemm_shape_for(5128, 256, kRows), GemmShapeId::kWgmma64);    // just past 20 per expert
+  EXPECT_EQ(gemm_shape_for(8192, 256, kRows), GemmShapeId::kWgmma64);    // T = 1024: 32
+  EXPECT_EQ(gemm_shape_for(14336, 256, kRows), GemmShapeId::kWgmma64);   // 56
+  EXPECT_EQ(gemm_shape_for(14344, 256, kRows), GemmShapeId::kWgmma128);  // just past 56
+  EXPECT_EQ(gemm_shape_for(16384, 256, kRows), GemmShapeId::kWgmma128);  // T = 2048: 64
+  EXPECT_EQ(gemm_shape_for(32768, 256, kRows), GemmShapeId::kWgmma128);  // T = 4096: 128
+  EXPECT_EQ(gemm_shape_for(40, 1, kRows), GemmShapeId::kWgmma64);        // one expert takes all
+  // Too few blocks for the 16-token tiles: a small matrix, or few experts.
+  EXPECT_EQ(gemm_shape_for(24, 8, 1024), GemmShapeId::kSmall);    // 3 per expert, 16 blocks
+  EXPECT_EQ(gemm_shape_for(64, 8, 1024), GemmShapeId::kWgmma32);  // 8 per expert, 16 blocks
+  EXPECT_EQ(gemm_shape_for(64, 8, 8192), GemmShapeId::kWgmma16);  // 8 per expert, 128 blocks
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
+  EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma16).tile_tokens, 16);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma32).tile_tokens, 32);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma64).tile_tokens, 64);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma128).tile_tokens, 128);
 }
 
 // The launcher refuses what its kernels cannot address, before touching the device.
-TEST(GemmLaunch, RefusesActivationsOf32GiBOrMore) {
+TEST(GemmLaunch, RefusesSizesItsKernelsCannotAddress) {
   cuda::GemmParams p;
   p.row_groups = 1;
   p.k_chunks = 1;
@@ -100,6 +110,11 @@ TEST(GemmLaunch, RefusesActivationsOf32GiBOrMore) {
   EXPECT_EQ(
       cuda::launch_grouped_gemm(cuda::GemmShapeId::kSmall, cuda::Epilogue::kLinear, p, 1, nullptr),
       cudaErrorInvalidValue);
+  p.b_row_stride = 8192;
+  p.k_chunks = cuda::kMaxKChunks + 1;  // K past 64 Mi
+  EXPECT_EQ(cuda::launch_grouped_gemm(cuda::GemmShapeId::kWgmma16, cuda::Epilogue::kLinear, p, 1,
+                                      nullptr),
+            cudaErrorInvalidValue);
 }
 
 // The router zeroes the combine's sums only in whole 16-byte pieces, and a size needs a buffer.

@@ -20,6 +20,10 @@ enum class ActivationScaleSource {
   kFromAmax,   // dynamic W4A4: amax / 2688 from a device scalar (uint32 bits of a float >= 0)
 };
 
+// The most 64-wide K chunks the launcher takes (K up to 64 Mi): the wgmma producers step between
+// row groups' weights in 32 bits.
+inline constexpr int32_t kMaxKChunks = 1 << 20;
+
 // A work tile: tokens [row_begin, row_begin + rows) of the sorted order, all of one expert.
 struct GemmTile {
   int32_t expert;
@@ -92,12 +96,19 @@ struct GemmShape {
   constexpr int rows_per_block() const { return warps * groups_per_warp * 16; }
 };
 
-enum class GemmShapeId { kSmall, kWgmma32, kWgmma64, kWgmma128 };
+enum class GemmShapeId { kSmall, kWgmma16, kWgmma32, kWgmma64, kWgmma128 };
 
 constexpr GemmShape gemm_shape(GemmShapeId id) {
   switch (id) {
     case GemmShapeId::kSmall:
       return {4, 1, 8, 7, 0, 0};  // decode: few tokens per expert
+    case GemmShapeId::kWgmma16:
+      // 4 consumer warpgroups x 128 rows, two 8-token units: the 32-token tiles' decode with a
+      // fourth warpgroup to hide its latency, paid for by half the accumulators.
+      // NOTE: against the 32-token tiles, T = 160 / 256 / 320 9% / 7-9% / 6% faster, T = 384 the
+      // same, T = 512 17% slower (an expert's tokens then often need two tiles); against the
+      // 8-token tiles, T = 2 / 16 / 64 9% / 6% / 9% faster, T = 1 30% slower (kWgmma16MinBlocks).
+      return {16, 2, 16, 0, 8, 8};
     case GemmShapeId::kWgmma32:
       // 3 consumer warpgroups x 128 rows, four 8-token units.
       // NOTE: 3 warpgroups, not 2: T = 160..384 9-12% faster (their decode is latency-bound).
@@ -115,27 +126,42 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
   return {4, 1, 8, 7, 0, 0};
 }
 
-// The shape for a batch, by the mean number of tokens an active expert receives. Measured on an
-// H200 (DeepSeek-V3 layer, forced shapes, docs/performance.md, version 6): the 8-token mma.sync
-// tiles win up to ~4 tokens per expert (T = 64: 1.65-1.68 ms against 1.71-1.72 with wgmma32;
-// a tie at 3-4), 32-token wgmma tiles of 8-token units up to 16 (T = 512: 2.58 ms against 2.69
-// with wgmma64 and 3.01 with the retired 32-token mma.sync tiles), 64-token tiles of 32-token
-// units at 24 to 48 (T = 768: 2.76 against 3.05; T = 1536: 3.58-3.65 against 4.00 with
-// 128-token tiles), 128-token tiles from 64 on (T = 2048: a tie). Between measured points the
-// boundary is the midpoint.
-constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts) {
+// The 16-token tiles' 512-row blocks must be enough to fill the GPU: on an H200 (DeepSeek-V3,
+// gate/up GEMM of 4096 rows) 64 blocks at T = 1 ran 30% slower than the 8-token tiles, 128 at
+// T = 2 9% faster.
+inline constexpr int64_t kWgmma16MinBlocks = 100;
+
+// The shape for a batch of `routed_slots` over `num_local_experts` experts whose (first) matrix
+// has `rows` rows, by the mean number of tokens an active expert receives. Measured on an H200
+// (DeepSeek-V3 layer, forced shapes, docs/performance.md, versions 6 and 9):
+// - 16-token wgmma tiles from 2 to 12 tokens per expert, where they have blocks enough (T = 16:
+//   0.73 ms against 0.78 with the 8-token tiles; T = 384: 2.15-2.18 against 2.21-2.23 with the
+//   32-token tiles; T = 416: 2.28 against 2.25-2.27);
+// - else the 8-token mma.sync tiles up to 4 (T = 64: 1.65-1.68 against 1.71-1.72 with the
+//   32-token tiles), and the 32-token tiles of 8-token units up to 20 (T = 512: 2.58 against 2.69
+//   with the 64-token tiles);
+// - 64-token tiles of 32-token units at 24 to 48 (T = 768: 2.76 against 3.05; T = 1536: 3.58-3.65
+//   against 4.00 with the 128-token tiles);
+// - 128-token tiles from 64 on (T = 2048: a tie).
+// Between measured points the boundary is the midpoint.
+constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts,
+                                     int64_t rows) {
   // Active experts cannot exceed either the experts or the routed slots.
   const int64_t bound = routed_slots < num_local_experts ? routed_slots : num_local_experts;
   const int64_t active = bound > 1 ? bound : 1;
   const int64_t tokens_per_expert = (routed_slots + active - 1) / active;
+  const int64_t wgmma16_rows = int64_t(gemm_shape(GemmShapeId::kWgmma16).rows_per_block());
+  const bool wgmma16_fills =
+      active * ((rows + wgmma16_rows - 1) / wgmma16_rows) >= kWgmma16MinBlocks;
+  if (tokens_per_expert <= 12 && wgmma16_fills) return GemmShapeId::kWgmma16;
   return tokens_per_expert <= 4    ? GemmShapeId::kSmall
          : tokens_per_expert <= 20 ? GemmShapeId::kWgmma32
          : tokens_per_expert <= 56 ? GemmShapeId::kWgmma64
                                    : GemmShapeId::kWgmma128;
 }
 
-// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|wgmma32|wgmma64|wgmma128 forces a shape
+// gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|wgmma16|wgmma32|wgmma64|wgmma128 forces a shape
 // (for tuning); the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
-GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts);
+GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, int64_t rows);
 
 }  // namespace nvfp4moe::cuda

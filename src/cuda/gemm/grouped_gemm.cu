@@ -1,4 +1,4 @@
-// Instantiations and the launcher of the grouped GEMM: 4 tile shapes x 4 epilogues.
+// Instantiations and the launcher of the grouped GEMM: 5 tile shapes x 4 epilogues.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -15,23 +15,24 @@
 
 namespace nvfp4moe::cuda {
 
-GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts) {
+GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, int64_t rows) {
   // The environment is read once, not on every forward.
   static const std::optional<GemmShapeId> forced = []() -> std::optional<GemmShapeId> {
     const char* name = std::getenv("NVFP4MOE_GEMM_SHAPE");
     if (name == nullptr) return std::nullopt;
     if (std::string(name) == "small") return GemmShapeId::kSmall;
+    if (std::string(name) == "wgmma16") return GemmShapeId::kWgmma16;
     if (std::string(name) == "wgmma32") return GemmShapeId::kWgmma32;
     if (std::string(name) == "wgmma64") return GemmShapeId::kWgmma64;
     if (std::string(name) == "wgmma128") return GemmShapeId::kWgmma128;
     std::fprintf(stderr,
-                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, wgmma32, wgmma64 "
-                 "or wgmma128\n",
+                 "nvfp4moe: ignoring NVFP4MOE_GEMM_SHAPE=%s; expected small, wgmma16, wgmma32, "
+                 "wgmma64 or wgmma128\n",
                  name);
     return std::nullopt;
   }();
   static const bool print = std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr;
-  const GemmShapeId id = forced.value_or(gemm_shape_for(routed_slots, num_local_experts));
+  const GemmShapeId id = forced.value_or(gemm_shape_for(routed_slots, num_local_experts, rows));
   static std::once_flag printed;
   if (print) {
     std::call_once(printed, [&] {
@@ -89,6 +90,8 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
   switch (id) {
     case GemmShapeId::kSmall:
       return launch_shape<GemmShapeId::kSmall, kEpilogue>(p, grid_y, stream, programmatic);
+    case GemmShapeId::kWgmma16:
+      return launch_shape<GemmShapeId::kWgmma16, kEpilogue>(p, grid_y, stream, programmatic);
     case GemmShapeId::kWgmma32:
       return launch_shape<GemmShapeId::kWgmma32, kEpilogue>(p, grid_y, stream, programmatic);
     case GemmShapeId::kWgmma64:
@@ -104,7 +107,8 @@ cudaError_t launch_epilogue(GemmShapeId id, const GemmParams& p, int grid_y, cud
 cudaError_t launch_grouped_gemm(GemmShapeId shape, Epilogue epilogue, const GemmParams& params,
                                 int grid_y, cudaStream_t stream, bool programmatic) {
   if (grid_y <= 0) return cudaSuccess;
-  if (grid_y > 65535 || params.row_groups <= 0 || params.k_chunks <= 0)
+  if (grid_y > 65535 || params.row_groups <= 0 || params.k_chunks <= 0 ||
+      params.k_chunks > kMaxKChunks)
     return cudaErrorInvalidValue;
   if (params.b_rows < 0 || params.b_row_stride % 8 != 0 ||
       params.b_rows * params.b_row_stride >= (int64_t(1) << 34))  // bf16 elements: 32 GiB

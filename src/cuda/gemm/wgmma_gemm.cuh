@@ -53,7 +53,11 @@ struct WgmmaConfig {
   // consumers' accumulators get the rest of that pool. A consumer budget beyond the pool would
   // make setmaxnreg.inc wait forever.
   static constexpr int kLaunchRegisters = std::min(255, 64 * 1024 / kThreads) / 8 * 8;
-  static constexpr int kProducerRegisters = Loader::kLoadsPerThread > 8 ? 56 : 40;
+  // The 16- and 32-token tiles' producers (two token copies per thread at most) fit in 32, which
+  // leaves the 16-token tiles' four consumer warpgroups the 112 they need.
+  static constexpr int kProducerRegisters = Loader::kLoadsPerThread > 8   ? 56
+                                            : Loader::kLoadsPerThread > 2 ? 40
+                                                                          : 32;
   static constexpr int kConsumerRegisters =
       std::min(240, (kLaunchRegisters * kThreads - kProducerThreads * kProducerRegisters) /
                         (128 * kConsumers) / 8 * 8);
@@ -109,17 +113,19 @@ struct WeightLoader {
   static_assert(kCodePieces % Cfg::kProducerThreads == 0, "whole code copies per thread");
   static_assert(Cfg::kBlockGroups * 4 <= Cfg::kProducerThreads, "one scale copy per thread");
 
-  const uint8_t* codes;   // this thread's first code piece, chunk 0
-  const uint8_t* scales;  // this thread's scale piece, chunk 0
-  int64_t code_group_stride;
-  uint32_t valid_codes;  // bit i: copy i's row group exists
+  const uint8_t* codes;        // this thread's first code piece, chunk 0
+  const uint8_t* scales;       // this thread's scale piece, chunk 0
+  uint32_t code_group_stride;  // bytes between a thread's row groups (kMaxKChunks keeps it 32-bit)
+  uint32_t valid_codes;        // bit i: copy i's row group exists
   bool valid_scales;
 
   __device__ __forceinline__ WeightLoader(const GemmParams& p, int expert) {
     const int thread = static_cast<int>(threadIdx.x);
     const int group0 = static_cast<int>(blockIdx.x) * Cfg::kBlockGroups;
     const int code_group = group0 + thread / 32;
-    code_group_stride = int64_t(kGroupStep) * p.k_chunks * kCodeBytesPerChunk;
+    static_assert(int64_t(kGroupStep) * kMaxKChunks * kCodeBytesPerChunk <= 0xFFFFFFFFll,
+                  "a row group's stride must fit 32 bits");
+    code_group_stride = uint32_t(kGroupStep * kCodeBytesPerChunk) * uint32_t(p.k_chunks);
     codes = static_cast<const uint8_t*>(p.codes) + expert * p.expert_code_bytes +
             int64_t(min(code_group, p.row_groups - 1)) * p.k_chunks * kCodeBytesPerChunk +
             (thread % 32) * 16;
@@ -139,12 +145,16 @@ struct WeightLoader {
     const int thread = static_cast<int>(threadIdx.x);
     uint8_t* code_dst =
         stage + Cfg::kTokenBytes + (thread / 32) * kCodeBytesPerChunk + (thread % 32) * 16;
+    const uint8_t* code_src = codes + int64_t(chunk) * kCodeBytesPerChunk;
+    // Opaque, so ptxas steps from copy to copy instead of keeping each copy's 64-bit source.
+    uint32_t stride = code_group_stride;
+    asm volatile("" : "+r"(stride));
 #pragma unroll
     for (int i = 0; i < kCodeCopies; ++i) {
       if ((valid_codes >> i) & 1u) {
-        ptx::cp_async_16(code_dst + i * kGroupStep * kCodeBytesPerChunk,
-                         codes + i * code_group_stride + int64_t(chunk) * kCodeBytesPerChunk, true);
+        ptx::cp_async_16(code_dst + i * kGroupStep * kCodeBytesPerChunk, code_src, true);
       }
+      code_src += stride;
     }
     if (valid_scales) {
       ptx::cp_async_16(stage + Cfg::kTokenBytes + Cfg::kCodeBytes + thread * 16,
