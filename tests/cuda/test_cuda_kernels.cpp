@@ -74,10 +74,8 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(gemm_shape_for(512, 256, kRows), GemmShapeId::kWgmma16);     // T = 64: 2 per expert
   EXPECT_EQ(gemm_shape_for(2048, 256, kRows), GemmShapeId::kWgmma16);    // T = 256: 8
   EXPECT_EQ(gemm_shape_for(3072, 256, kRows), GemmShapeId::kWgmma16);    // 12
-  EXPECT_EQ(gemm_shape_for(3080, 256, kRows), GemmShapeId::kWgmma32);    // just past 12 per expert
-  EXPECT_EQ(gemm_shape_for(4096, 256, kRows), GemmShapeId::kWgmma32);    // T = 512: 16
-  EXPECT_EQ(gemm_shape_for(5120, 256, kRows), GemmShapeId::kWgmma32);    // 20
-  EXPECT_EQ(gemm_shape_for(5128, 256, kRows), GemmShapeId::kWgmma64);    // just past 20 per expert
+  EXPECT_EQ(gemm_shape_for(3080, 256, kRows), GemmShapeId::kWgmma64);    // just past 12 per expert
+  EXPECT_EQ(gemm_shape_for(4096, 256, kRows), GemmShapeId::kWgmma64);    // T = 512: 16
   EXPECT_EQ(gemm_shape_for(8192, 256, kRows), GemmShapeId::kWgmma64);    // T = 1024: 32
   EXPECT_EQ(gemm_shape_for(14336, 256, kRows), GemmShapeId::kWgmma64);   // 56
   EXPECT_EQ(gemm_shape_for(14344, 256, kRows), GemmShapeId::kWgmma128);  // just past 56
@@ -85,9 +83,10 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(gemm_shape_for(32768, 256, kRows), GemmShapeId::kWgmma128);  // T = 4096: 128
   EXPECT_EQ(gemm_shape_for(40, 1, kRows), GemmShapeId::kWgmma64);        // one expert takes all
   // Too few blocks for the 16-token tiles: a small matrix, or few experts.
-  EXPECT_EQ(gemm_shape_for(24, 8, 1024), GemmShapeId::kSmall);    // 3 per expert, 16 blocks
-  EXPECT_EQ(gemm_shape_for(64, 8, 1024), GemmShapeId::kWgmma32);  // 8 per expert, 16 blocks
-  EXPECT_EQ(gemm_shape_for(64, 8, 8192), GemmShapeId::kWgmma16);  // 8 per expert, 128 blocks
+  EXPECT_EQ(gemm_shape_for(24, 8, 1024), GemmShapeId::kSmall);     // 3 per expert, 16 blocks
+  EXPECT_EQ(gemm_shape_for(64, 8, 1024), GemmShapeId::kWgmma32);   // 8 per expert, 16 blocks
+  EXPECT_EQ(gemm_shape_for(104, 8, 1024), GemmShapeId::kWgmma64);  // 13 per expert
+  EXPECT_EQ(gemm_shape_for(64, 8, 8192), GemmShapeId::kWgmma16);   // 8 per expert, 128 blocks
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kSmall).tile_tokens, 8);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma16).tile_tokens, 16);
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma32).tile_tokens, 32);

@@ -114,12 +114,13 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
       // NOTE: 3 warpgroups, not 2: T = 160..384 9-12% faster (their decode is latency-bound).
       return {12, 2, 32, 0, 8, 8};
     case GemmShapeId::kWgmma64:
-      // 2 consumer warpgroups x 192 rows (3 row groups per warp), two 32-token units.
-      // NOTE: 3 row groups per warp, not 2: a chunk's waits, reads and MMA issue serve half again
-      // as many weights. Shape forced, T = 1024 / 1536 / 2048 3% / 6-12% / 5-7% faster, T = 512
-      // and 768 the same (docs/performance.md, version 8).
+      // 3 consumer warpgroups x 128 rows, two 32-token units.
+      // NOTE: 3 warpgroups of 2 row groups per warp, not 2 of 3 (the same 384 rows): one more
+      // warp per scheduler to hide the decode's latency, which a 32-register producer leaves
+      // the registers for. Shape forced, T = 512 / 768 / 1024 / 1280 / 2048 5-10% / 4-11% /
+      // 5-11% / 1-4% / 1-2% faster (docs/performance.md, version 9).
       // NOTE: 8 stages, not 12: a power of two for the stage index, and T = 1024 7% faster.
-      return {8, 3, 64, 0, 32, 8};
+      return {12, 2, 64, 0, 32, 8};
     case GemmShapeId::kWgmma128:
       return {8, 2, 128, 0, 64, 8};  // prefill: 2 consumer warpgroups x 128 rows, 128 tokens
   }
@@ -133,17 +134,15 @@ inline constexpr int64_t kWgmma16MinBlocks = 100;
 
 // The shape for a batch of `routed_slots` over `num_local_experts` experts whose (first) matrix
 // has `rows` rows, by the mean number of tokens an active expert receives. Measured on an H200
-// (DeepSeek-V3 layer, forced shapes, docs/performance.md, versions 6 and 9):
+// (DeepSeek-V3 layer, forced shapes, docs/performance.md, version 9):
 // - 16-token wgmma tiles from 2 to 12 tokens per expert, where they have blocks enough (T = 16:
-//   0.73 ms against 0.78 with the 8-token tiles; T = 384: 2.15-2.18 against 2.21-2.23 with the
-//   32-token tiles; T = 416: 2.28 against 2.25-2.27);
-// - else the 8-token mma.sync tiles up to 4 (T = 64: 1.65-1.68 against 1.71-1.72 with the
-//   32-token tiles), and the 32-token tiles of 8-token units up to 20 (T = 512: 2.58 against 2.69
-//   with the 64-token tiles);
-// - 64-token tiles of 32-token units at 24 to 48 (T = 768: 2.76 against 3.05; T = 1536: 3.58-3.65
-//   against 4.00 with the 128-token tiles);
-// - 128-token tiles from 64 on (T = 2048: a tie).
-// Between measured points the boundary is the midpoint.
+//   0.73 ms against 0.78 with the 8-token tiles; T = 320: 1.89-1.98 against 2.06-2.08 with the
+//   32-token and 2.19-2.26 with the 64-token tiles; T = 384: a tie of all three);
+// - else the 8-token mma.sync tiles up to 4 and the 32-token tiles up to 12 (not measured since
+//   the 16-token tiles came);
+// - 64-token tiles of 32-token units from 13 to 56 (T = 512: 2.33-2.36 against 2.44-2.49 with
+//   the 32-token tiles; T = 1792: 3.24-3.66 against 3.67-3.87 with the 128-token tiles);
+// - 128-token tiles from 57 on (T = 2048: 3.95-3.97 against 4.43-4.47).
 constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_experts,
                                      int64_t rows) {
   // Active experts cannot exceed either the experts or the routed slots.
@@ -155,7 +154,7 @@ constexpr GemmShapeId gemm_shape_for(int64_t routed_slots, int64_t num_local_exp
       active * ((rows + wgmma16_rows - 1) / wgmma16_rows) >= kWgmma16MinBlocks;
   if (tokens_per_expert <= 12 && wgmma16_fills) return GemmShapeId::kWgmma16;
   return tokens_per_expert <= 4    ? GemmShapeId::kSmall
-         : tokens_per_expert <= 20 ? GemmShapeId::kWgmma32
+         : tokens_per_expert <= 12 ? GemmShapeId::kWgmma32
          : tokens_per_expert <= 56 ? GemmShapeId::kWgmma64
                                    : GemmShapeId::kWgmma128;
 }

@@ -53,10 +53,11 @@ struct WgmmaConfig {
   // consumers' accumulators get the rest of that pool. A consumer budget beyond the pool would
   // make setmaxnreg.inc wait forever.
   static constexpr int kLaunchRegisters = std::min(255, 64 * 1024 / kThreads) / 8 * 8;
-  // The 16- and 32-token tiles' producers (two token copies per thread at most) fit in 32, which
-  // leaves the 16-token tiles' four consumer warpgroups the 112 they need.
+  // The producers of up to 64-token tiles (four token copies per thread at most) fit in 32,
+  // which leaves the 16-token tiles' four consumer warpgroups the 112 registers they need and the
+  // 64-token tiles' three the 160.
   static constexpr int kProducerRegisters = Loader::kLoadsPerThread > 8   ? 56
-                                            : Loader::kLoadsPerThread > 2 ? 40
+                                            : Loader::kLoadsPerThread > 4 ? 40
                                                                           : 32;
   static constexpr int kConsumerRegisters =
       std::min(240, (kLaunchRegisters * kThreads - kProducerThreads * kProducerRegisters) /
