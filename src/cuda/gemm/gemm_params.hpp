@@ -110,7 +110,8 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
       // 8-token tiles, T = 2 / 16 / 64 9% / 6% / 9% faster, T = 1 30% slower (kWgmma16MinBlocks).
       return {16, 2, 16, 0, 8, 8};
     case GemmShapeId::kWgmma32:
-      // 3 consumer warpgroups x 128 rows, four 8-token units.
+      // 3 consumer warpgroups x 128 rows, four 8-token units; taken only where the 16-token
+      // tiles would have too few blocks.
       // NOTE: 3 warpgroups, not 2: T = 160..384 9-12% faster (their decode is latency-bound).
       return {12, 2, 32, 0, 8, 8};
     case GemmShapeId::kWgmma64:

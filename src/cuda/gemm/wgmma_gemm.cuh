@@ -368,7 +368,7 @@ __device__ __forceinline__ void wgmma_consume(const GemmParams& p, const BlockTi
           }
     __syncwarp();
     constexpr int kQuads = 4 * kGroups;  // 4-feature quads per token row of this warp
-    // The warp's lanes walk the (token, quad) pairs: with 3 row groups a row has 12 quads.
+    // The warp's lanes walk the (token, quad) pairs, so a row's quads need not divide a warp.
     for (int index = lane; index < tile.rows * kQuads; index += 32) {
       const int token = index / kQuads, quad = index % kQuads;
       if (group0 + quad / 4 >= p.row_groups) continue;  // rows past the matrix
