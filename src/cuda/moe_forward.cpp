@@ -283,7 +283,8 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   gemm2.top_k = static_cast<int32_t>(c.top_k);
   gemm2.prefetch_before_wait = programmatic;
   check_launch(
-      launch_grouped_gemm(shape, Epilogue::kDownCombine, gemm2, grid_tiles, stream, programmatic),
+      launch_grouped_gemm(select_down_gemm_shape(shape, slots, c.num_local_experts, c.hidden),
+                          Epilogue::kDownCombine, gemm2, grid_tiles, stream, programmatic),
       "down GEMM");
   if (sums != nullptr) return;
   check_launch(launch_round_to_bf16(out_acc, args.output, tokens * c.hidden, stream, programmatic),

@@ -94,6 +94,22 @@ TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   EXPECT_EQ(cuda::gemm_shape(GemmShapeId::kWgmma128).tile_tokens, 128);
 }
 
+// The down GEMM follows the gate/up GEMM's shape, but takes the 16-token tiles where only its own
+// matrix makes blocks enough for them.
+TEST(GemmHeuristic, DownGemmTakesTheSixteenTokenTilesWhereItsMatrixFillsThem) {
+  using cuda::down_gemm_shape_for;
+  using cuda::GemmShapeId;
+  // DeepSeek-V3 at T = 1: gate/up 4096 rows (64 blocks), down 7168 rows (112 blocks).
+  static_assert(cuda::gemm_shape_for(8, 256, 4096) == GemmShapeId::kSmall);
+  EXPECT_EQ(down_gemm_shape_for(GemmShapeId::kSmall, 8, 256, 7168), GemmShapeId::kWgmma16);
+  EXPECT_EQ(down_gemm_shape_for(GemmShapeId::kSmall, 8, 256, 4096), GemmShapeId::kSmall);
+  EXPECT_EQ(down_gemm_shape_for(GemmShapeId::kSmall, 24, 8, 1024), GemmShapeId::kSmall);
+  // Otherwise the router's tiles are cut for the first GEMM's shape, and the second keeps it.
+  EXPECT_EQ(down_gemm_shape_for(GemmShapeId::kWgmma16, 512, 256, 7168), GemmShapeId::kWgmma16);
+  EXPECT_EQ(down_gemm_shape_for(GemmShapeId::kWgmma32, 64, 8, 8192), GemmShapeId::kWgmma32);
+  EXPECT_EQ(down_gemm_shape_for(GemmShapeId::kWgmma64, 8192, 256, 7168), GemmShapeId::kWgmma64);
+}
+
 // The launcher refuses what its kernels cannot address, before touching the device.
 TEST(GemmLaunch, RefusesSizesItsKernelsCannotAddress) {
   cuda::GemmParams p;

@@ -15,8 +15,10 @@
 
 namespace nvfp4moe::cuda {
 
-GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, int64_t rows) {
-  // The environment is read once, not on every forward.
+namespace {
+
+// NVFP4MOE_GEMM_SHAPE, read once, not on every forward.
+const std::optional<GemmShapeId>& forced_gemm_shape() {
   static const std::optional<GemmShapeId> forced = []() -> std::optional<GemmShapeId> {
     const char* name = std::getenv("NVFP4MOE_GEMM_SHAPE");
     if (name == nullptr) return std::nullopt;
@@ -31,8 +33,15 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, i
                  name);
     return std::nullopt;
   }();
+  return forced;
+}
+
+}  // namespace
+
+GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, int64_t rows) {
   static const bool print = std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr;
-  const GemmShapeId id = forced.value_or(gemm_shape_for(routed_slots, num_local_experts, rows));
+  const GemmShapeId id =
+      forced_gemm_shape().value_or(gemm_shape_for(routed_slots, num_local_experts, rows));
   static std::once_flag printed;
   if (print) {
     std::call_once(printed, [&] {
@@ -45,6 +54,12 @@ GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, i
     });
   }
   return id;
+}
+
+GemmShapeId select_down_gemm_shape(GemmShapeId gate_up, int64_t routed_slots,
+                                   int64_t num_local_experts, int64_t rows) {
+  if (forced_gemm_shape()) return gate_up;
+  return down_gemm_shape_for(gate_up, routed_slots, num_local_experts, rows);
 }
 
 namespace {
