@@ -4,9 +4,12 @@
 // A safetensors file is: u64 little-endian header length N, N bytes of JSON
 //   {"name": {"dtype": "BF16", "shape": [R, C], "data_offsets": [begin, end]}, ...,
 //    "__metadata__": {"key": "value"}}
-// then the data section, which the offsets index. Every offset, length, dtype and shape is
-// checked before any byte of a tensor is handed out, so a malformed file gives an Error of
-// kind kInvalidFile that names the file, the tensor and the problem.
+// then the data section, which the offsets index. The header is checked by every rule the
+// official reader applies before any byte of a tensor is handed out: a known dtype, a shape
+// whose byte size fits and matches its offsets, tensors that tile the data section exactly
+// (no overlap, no gap, nothing after the last), no name twice; a malformed file gives an Error
+// of kind kInvalidFile that names the file, the tensor and the problem. Parsing a header costs
+// time and memory linear in its size, whatever it holds.
 #pragma once
 
 #include <cstddef>
@@ -16,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,6 +45,8 @@ enum class DType {
   kF8E4M3,
   kF8E5M2,
   kF8E8M0,
+  kF8E4M3Fnuz,
+  kF8E5M2Fnuz,
   kF6E2M3,
   kF6E3M2,
   kF4,
@@ -68,12 +74,15 @@ struct SafetensorsHeader {
   std::map<std::string, std::string> metadata;
   uint64_t data_offset = 0;  // where the data section starts in the file (8 + N)
   uint64_t data_size = 0;
+  std::map<std::string, size_t, std::less<>> index;  // name -> position in `tensors`
 
   const TensorInfo* find(std::string_view name) const;
 };
 
 // Largest header we accept, as the reference implementation does.
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// The deepest nesting a valid header has: the object of tensors, a tensor's object, its shape.
+inline constexpr int kMaxHeaderDepth = 3;
 
 // Parses and checks the header of a whole safetensors file held in memory. `source` names the
 // file in error messages.
@@ -81,7 +90,8 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> file, std::string
 
 class SafetensorsFile {
  public:
-  // Maps the file read-only and checks its header.
+  // Maps the file read-only and checks its header. Anything but a regular file is refused
+  // before it is read (a named pipe never blocks).
   static SafetensorsFile open(const std::filesystem::path& path);
 
   const std::filesystem::path& path() const { return path_; }
@@ -101,8 +111,11 @@ class SafetensorsFile {
 class Checkpoint {
  public:
   // `path` is a .safetensors file, an index .json file, or a directory holding an index or
-  // safetensors files.
+  // safetensors files. An index must name every tensor of its shards exactly once, each in the
+  // shard that holds it; a tensor in two shards is an error.
   static Checkpoint open(const std::filesystem::path& path);
+  // The directory the checkpoint's files are in (where config.json would be).
+  std::filesystem::path directory() const;
 
   const std::filesystem::path& path() const { return path_; }
   const std::vector<SafetensorsFile>& shards() const { return shards_; }
@@ -118,13 +131,15 @@ class Checkpoint {
 
  private:
   std::filesystem::path path_;
+  std::filesystem::path directory_;
   std::vector<SafetensorsFile> shards_;
   std::map<std::string, std::pair<size_t, size_t>, std::less<>> tensors_;  // shard, index
   std::map<std::string, std::string, std::less<>> weight_map_;
 };
 
 // Writes a safetensors file tensor by tensor, so no more than one tensor's bytes are in memory.
-// The file is written under a temporary name and renamed into place only once complete.
+// The file is written under a unique temporary name beside it, flushed to the disk and renamed
+// into place only once complete (see AtomicFile in core/file_io.hpp).
 class SafetensorsWriter {
  public:
   using Fill = std::function<void(std::span<std::byte> out)>;
@@ -139,9 +154,10 @@ class SafetensorsWriter {
   }
   size_t size() const { return entries_.size(); }
 
-  // `progress(done, total)` is called after each tensor.
+  // `progress(done, total)` is called after each tensor. An existing file at `path` is replaced
+  // when `replace`, else refused.
   void write(const std::filesystem::path& path,
-             const std::function<void(size_t, size_t)>& progress = {}) const;
+             const std::function<void(size_t, size_t)>& progress = {}, bool replace = true) const;
 
  private:
   struct Entry {
@@ -152,6 +168,7 @@ class SafetensorsWriter {
     Fill fill;
   };
   std::vector<Entry> entries_;
+  std::set<std::string, std::less<>> names_;
   std::map<std::string, std::string> metadata_;
 };
 

@@ -3,11 +3,29 @@
 
 #include <fmt/format.h>
 
+#include <string>
+#include <string_view>
 #include <utility>
 
 #include "nvfp4moe/error.hpp"
 
 namespace nvfp4moe {
+
+// A name from an untrusted file, fit for a one-line message: control characters escaped and
+// anything past `max_chars` cut with its length said.
+inline std::string printable(std::string_view text, size_t max_chars = 160) {
+  std::string out;
+  for (size_t i = 0; i < text.size() && i < max_chars; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7F) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (text.size() > max_chars) out += fmt::format("... ({} bytes)", text.size());
+  return out;
+}
 
 template <typename... Args>
 [[noreturn]] void fail(ErrorKind kind, fmt::format_string<Args...> format, Args&&... args) {

@@ -1,11 +1,11 @@
 // Sharded checkpoints (model.safetensors.index.json) and the safetensors writer.
 #include <algorithm>
-#include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <system_error>
 
 #include "core/check.hpp"
+#include "core/file_io.hpp"
 #include "nvfp4moe/checkpoint.hpp"
 
 namespace nvfp4moe {
@@ -16,23 +16,7 @@ using nlohmann::json;
 namespace {
 
 constexpr uint64_t kMaxIndexBytes = 64 << 20;
-
-json read_json_file(const fs::path& path) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  require(!ec, ErrorKind::kIo, "{}: cannot read: {}", path.string(), ec.message());
-  require(size <= kMaxIndexBytes, ErrorKind::kInvalidFile, "{}: {} bytes is too large for an index",
-          path.string(), size);
-  std::ifstream in(path, std::ios::binary);
-  require(in.good(), ErrorKind::kIo, "{}: cannot open", path.string());
-  std::string text(size, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(size));
-  require(in.gcount() == static_cast<std::streamsize>(size), ErrorKind::kIo, "{}: short read",
-          path.string());
-  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  require(!root.is_discarded(), ErrorKind::kInvalidFile, "{}: not valid JSON", path.string());
-  return root;
-}
+constexpr int kMaxIndexDepth = 8;  // {"metadata": {...}, "weight_map": {...}} with room to spare
 
 // A shard named by an index must be a plain file name next to the index: an untrusted index
 // must not reach other directories.
@@ -42,7 +26,7 @@ void check_shard_name(const fs::path& index, const std::string& name) {
                      name.find('\0') == std::string::npos;
   require(plain, ErrorKind::kInvalidFile,
           "{}: shard name '{}' is not a plain file name in the index's directory", index.string(),
-          name);
+          printable(name));
 }
 
 }  // namespace
@@ -51,11 +35,12 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   Checkpoint checkpoint;
   checkpoint.path_ = path;
   std::error_code ec;
-  require(fs::exists(path, ec), ErrorKind::kIo, "{}: no such file or directory", path.string());
+  const auto status = fs::status(path, ec);
+  require(fs::exists(status), ErrorKind::kIo, "{}: no such file or directory", path.string());
 
   fs::path index_path;
   std::vector<fs::path> files;
-  if (fs::is_directory(path, ec)) {
+  if (fs::is_directory(status)) {
     if (fs::exists(path / "model.safetensors.index.json")) {
       index_path = path / "model.safetensors.index.json";
     } else {
@@ -76,21 +61,22 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   }
 
   if (!index_path.empty()) {
-    const json index = read_json_file(index_path);
+    const json index = read_json_file(index_path, kMaxIndexBytes, kMaxIndexDepth);
     const auto map_it = index.is_object() ? index.find("weight_map") : index.end();
     require(map_it != index.end() && map_it->is_object(), ErrorKind::kInvalidFile,
             "{}: expected an object with a 'weight_map' object", index_path.string());
-    std::map<std::string, size_t> shard_numbers;
+    std::set<std::string> shard_names;
     for (const auto& [tensor, shard] : map_it->items()) {
       require(shard.is_string(), ErrorKind::kInvalidFile,
-              "{}: weight_map['{}'] is not a file name string", index_path.string(), tensor);
+              "{}: weight_map['{}'] is not a file name string", index_path.string(),
+              printable(tensor));
       const auto& name = shard.get_ref<const std::string&>();
       check_shard_name(index_path, name);
       checkpoint.weight_map_.emplace(tensor, name);
-      if (shard_numbers.emplace(name, shard_numbers.size()).second) {
-        files.push_back(index_path.parent_path() / name);
-      }
+      if (shard_names.insert(name).second) files.push_back(index_path.parent_path() / name);
     }
+    require(!files.empty(), ErrorKind::kInvalidFile, "{}: the weight_map names no tensor",
+            index_path.string());
   }
 
   for (const auto& file : files) checkpoint.shards_.push_back(SafetensorsFile::open(file));
@@ -100,20 +86,37 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       const auto& tensor = tensors[t];
       const auto [it, inserted] = checkpoint.tensors_.emplace(tensor.name, std::pair{s, t});
       require(inserted, ErrorKind::kInvalidFile, "{}: tensor '{}' appears in both {} and {}",
-              path.string(), tensor.name, checkpoint.shards_[it->second.first].path().string(),
+              path.string(), printable(tensor.name),
+              checkpoint.shards_[it->second.first].path().string(),
               checkpoint.shards_[s].path().string());
     }
   }
-  for (const auto& [tensor, shard] : checkpoint.weight_map_) {
-    const auto it = checkpoint.tensors_.find(tensor);
-    require(it != checkpoint.tensors_.end() &&
-                checkpoint.shards_[it->second.first].path().filename() == shard,
-            ErrorKind::kInvalidFile,
-            "{}: the index places tensor '{}' in {}, which does not hold it", index_path.string(),
-            tensor, shard);
+  if (!index_path.empty()) {
+    // The index and its shards must agree exactly: a shard written after its index (an
+    // interrupted conversion, a copy from another run) holds tensors the index does not know.
+    for (const auto& [tensor, shard] : checkpoint.weight_map_) {
+      const auto it = checkpoint.tensors_.find(tensor);
+      require(it != checkpoint.tensors_.end() &&
+                  checkpoint.shards_[it->second.first].path().filename() == shard,
+              ErrorKind::kInvalidFile,
+              "{}: the index places tensor '{}' in {}, which does not hold it", index_path.string(),
+              printable(tensor), shard);
+    }
+    for (const auto& [tensor, location] : checkpoint.tensors_) {
+      require(checkpoint.weight_map_.count(tensor) != 0, ErrorKind::kInvalidFile,
+              "{}: shard {} holds tensor '{}', which the index does not list; the index and its "
+              "shards come from different writes",
+              index_path.string(), checkpoint.shards_[location.first].path().filename().string(),
+              printable(tensor));
+    }
   }
+  checkpoint.directory_ = fs::is_directory(status)
+                              ? path
+                              : (path.parent_path().empty() ? fs::path(".") : path.parent_path());
   return checkpoint;
 }
+
+fs::path Checkpoint::directory() const { return directory_; }
 
 std::vector<std::string> Checkpoint::tensor_names() const {
   std::vector<std::string> names;
@@ -148,13 +151,14 @@ std::span<const std::byte> Checkpoint::bytes(std::string_view name) const {
 namespace {
 
 uint64_t byte_count(const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
-  uint64_t elements = 1;
+  uint64_t bits = static_cast<uint64_t>(dtype_bits(dtype));
   for (int64_t extent : shape) {
     require(extent >= 0, ErrorKind::kInvalidArgument, "writer: tensor '{}' has a negative extent",
             name);
-    elements *= static_cast<uint64_t>(extent);
+    require(!__builtin_mul_overflow(bits, static_cast<uint64_t>(extent), &bits),
+            ErrorKind::kInvalidArgument, "writer: tensor '{}' is too large for 64-bit byte counts",
+            name);
   }
-  const uint64_t bits = elements * static_cast<uint64_t>(dtype_bits(dtype));
   require(bits % 8 == 0, ErrorKind::kInvalidArgument,
           "writer: tensor '{}' of {} does not fill whole bytes", name, to_string(dtype));
   return bits / 8;
@@ -165,11 +169,10 @@ uint64_t byte_count(const std::string& name, DType dtype, const std::vector<int6
 void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> shape, Fill fill) {
   require(name != "__metadata__", ErrorKind::kInvalidArgument,
           "writer: '__metadata__' is reserved and cannot name a tensor");
-  for (const auto& entry : entries_) {
-    require(entry.name != name, ErrorKind::kInvalidArgument, "writer: tensor '{}' added twice",
-            name);
-  }
+  require(!names_.count(name), ErrorKind::kInvalidArgument, "writer: tensor '{}' added twice",
+          printable(name));
   const uint64_t num_bytes = byte_count(name, dtype, shape);
+  names_.insert(name);
   entries_.push_back({std::move(name), dtype, std::move(shape), num_bytes, std::move(fill)});
 }
 
@@ -183,7 +186,8 @@ void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> 
 }
 
 void SafetensorsWriter::write(const fs::path& path,
-                              const std::function<void(size_t, size_t)>& progress) const {
+                              const std::function<void(size_t, size_t)>& progress,
+                              bool replace) const {
   json header = json::object();
   if (!metadata_.empty()) header["__metadata__"] = metadata_;
   uint64_t offset = 0;
@@ -196,33 +200,19 @@ void SafetensorsWriter::write(const fs::path& path,
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
 
-  const fs::path temporary = path.string() + ".partial";
-  try {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    require(out.good(), ErrorKind::kIo, "{}: cannot create", temporary.string());
-    unsigned char length[8];
-    for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(text.size() >> (8 * i));
-    out.write(reinterpret_cast<const char*>(length), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    std::vector<std::byte> buffer;
-    for (size_t i = 0; i < entries_.size(); ++i) {
-      buffer.assign(entries_[i].num_bytes, std::byte{0});
-      entries_[i].fill(buffer);
-      out.write(reinterpret_cast<const char*>(buffer.data()),
-                static_cast<std::streamsize>(buffer.size()));
-      require(out.good(), ErrorKind::kIo, "{}: write failed (disk full?)", temporary.string());
-      if (progress) progress(i + 1, entries_.size());
-    }
-    out.close();
-    require(!out.fail(), ErrorKind::kIo, "{}: write failed", temporary.string());
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove(temporary, ignored);
-    throw;
+  AtomicFile out(path);
+  unsigned char length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(text.size() >> (8 * i));
+  out.write(length, 8);
+  out.write(text);
+  std::vector<std::byte> buffer;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    buffer.assign(entries_[i].num_bytes, std::byte{0});
+    entries_[i].fill(buffer);
+    out.write(buffer.data(), buffer.size());
+    if (progress) progress(i + 1, entries_.size());
   }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  require(!ec, ErrorKind::kIo, "{}: cannot move into place: {}", path.string(), ec.message());
+  out.commit(replace);
 }
 
 }  // namespace nvfp4moe

@@ -1,6 +1,7 @@
 // safetensors reading (files from the official writer, a malformed corpus), sharded
 // checkpoints, and our writer.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <fstream>
@@ -146,7 +147,7 @@ TEST(Checkpoint, MalformedIndexesAreRejected) {
   const fs::path dir = fixtures_dir() / "malformed_index";
   std::ifstream in(dir / "expected.json");
   const auto expected = nlohmann::json::parse(in);
-  ASSERT_EQ(expected.size(), 4u);
+  ASSERT_EQ(expected.size(), 7u);
   for (const auto& [name, message] : expected.items()) {
     SCOPED_TRACE(name);
     try {
@@ -193,10 +194,78 @@ TEST(Writer, RejectsBadTensorsAndLeavesNoPartialFile) {
   writer.add("fails", DType::kU8, {4}, [](std::span<std::byte>) {
     throw Error(ErrorKind::kInvalidArgument, "producer failed");
   });
-  const fs::path path = fs::temp_directory_path() / "nvfp4moe_writer_fail.safetensors";
-  EXPECT_THROW(writer.write(path), Error);
-  EXPECT_FALSE(fs::exists(path));
-  EXPECT_FALSE(fs::exists(path.string() + ".partial"));
+  const fs::path dir = fs::temp_directory_path() / "nvfp4moe_writer_fail";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  EXPECT_THROW(writer.write(dir / "out.safetensors"), Error);
+  EXPECT_TRUE(fs::is_empty(dir)) << "a failed write left a file behind";
+  fs::remove_all(dir);
+}
+
+// A failed write never damages the file it would have replaced, and a file that must not be
+// replaced is kept.
+TEST(Writer, AFailedWriteLeavesTheOldFileAsItWas) {
+  const fs::path dir = fs::temp_directory_path() / "nvfp4moe_writer_keep";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path path = dir / "model.safetensors";
+  const std::vector<float> f32 = {1.0f, 2.0f};
+  SafetensorsWriter good;
+  good.add("x", DType::kF32, {2}, std::as_bytes(std::span(f32)));
+  good.write(path);
+  SafetensorsWriter bad;
+  bad.add("y", DType::kU8, {4},
+          [](std::span<std::byte>) { throw Error(ErrorKind::kIo, "disk full"); });
+  EXPECT_THROW(bad.write(path), Error);
+  EXPECT_NE(SafetensorsFile::open(path).find("x"), nullptr);
+  EXPECT_THROW(good.write(path, {}, /*replace=*/false), Error);
+  EXPECT_NE(SafetensorsFile::open(path).find("x"), nullptr);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1);
+  fs::remove_all(dir);
+}
+
+// Many tensors cost linear time to write and read (a name check once made it quadratic).
+TEST(Writer, HundredThousandTensorsRoundTrip) {
+  const fs::path path = fs::temp_directory_path() / "nvfp4moe_many.safetensors";
+  const std::vector<uint8_t> bytes = {1, 2, 3};
+  SafetensorsWriter writer;
+  for (int i = 0; i < 100000; ++i) {
+    writer.add("t." + std::to_string(i), DType::kU8, {3}, std::as_bytes(std::span(bytes)));
+  }
+  writer.write(path);
+  const auto checkpoint = Checkpoint::open(path);
+  EXPECT_EQ(checkpoint.tensor_names().size(), 100000u);
+  EXPECT_EQ(std::to_integer<int>(checkpoint.bytes("t.99999")[2]), 3);
+  fs::remove(path);
+}
+
+// Anything but a regular file is refused before it is read: a named pipe would block forever.
+TEST(Checkpoint, NamedPipesAndDirectoriesAreRefusedWithoutBlocking) {
+  const fs::path dir = fs::temp_directory_path() / "nvfp4moe_fifo";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "sharded");
+  ASSERT_EQ(mkfifo((dir / "pipe.safetensors").c_str(), 0600), 0);
+  ASSERT_EQ(mkfifo((dir / "sharded" / "shard.safetensors").c_str(), 0600), 0);
+  std::ofstream(dir / "sharded" / "model.safetensors.index.json")
+      << R"({"weight_map": {"a": "shard.safetensors"}})";
+  ASSERT_EQ(mkfifo((dir / "index.json").c_str(), 0600), 0);
+  fs::create_directories(dir / "dir.safetensors");
+  const std::vector<std::pair<fs::path, std::string>> cases = {
+      {dir / "pipe.safetensors", "is a named pipe, expected a regular file"},
+      {dir / "sharded", "shard.safetensors: is a named pipe"},
+      {dir / "index.json", "index.json: is a named pipe"},
+      {dir / "dir.safetensors" / ".." / "dir.safetensors", "neither model.safetensors.index.json"},
+  };
+  for (const auto& [path, message] : cases) {
+    try {
+      Checkpoint::open(path);
+      ADD_FAILURE() << path << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(SafetensorsFile::open(dir / "dir.safetensors"), Error);
+  fs::remove_all(dir);
 }
 
 }  // namespace
