@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "commands.hpp"
@@ -10,7 +11,7 @@
 #include "core/check.hpp"
 #include "cpu/expert_rows.hpp"
 #include "nvfp4moe/checkpoint.hpp"
-#include "nvfp4moe/modelopt.hpp"
+#include "nvfp4moe/moe_import.hpp"
 
 namespace nvfp4moe::app {
 
@@ -23,9 +24,8 @@ struct RunOptions {
   int64_t top_k = 8;
   std::string mode = "w4a16";
   int64_t first_expert = 0;
-  int64_t num_local_experts = 0;  // 0: all
-  std::string prefix;
-  std::string naming = "hf";
+  std::optional<int64_t> num_local_experts;  // default: all from first_expert
+  NamingOptions naming;
   float hidden_stddev = 1.0f;
   int repeats = 1;
   uint64_t seed = 1;
@@ -33,8 +33,9 @@ struct RunOptions {
 };
 
 MoeLayerInfo find_layer(const Checkpoint& checkpoint, const RunOptions& o) {
-  if (!o.prefix.empty()) {
-    return describe_moe_layer(checkpoint, o.layer, ExpertNaming::from_style(o.naming, o.prefix));
+  if (!o.naming.prefix.empty()) {
+    return describe_moe_layer(checkpoint, o.layer,
+                              ExpertNaming::from_style(o.naming.naming, o.naming.prefix));
   }
   std::vector<MoeLayerInfo> matches;
   std::string available;
@@ -53,12 +54,13 @@ MoeLayerInfo find_layer(const Checkpoint& checkpoint, const RunOptions& o) {
 void run_layer(const RunOptions& o) {
   const Checkpoint checkpoint = Checkpoint::open(o.checkpoint);
   const MoeLayerInfo layer = find_layer(checkpoint, o);
-  const int64_t local =
-      o.num_local_experts > 0 ? o.num_local_experts : layer.num_experts - o.first_expert;
-  require(o.first_expert >= 0 && local >= 1 && o.first_expert + local <= layer.num_experts,
-          ErrorKind::kInvalidArgument,
+  require(o.first_expert < layer.num_experts, ErrorKind::kInvalidArgument,
+          "--first-expert {} is past the layer's {} experts (0..{})", o.first_expert,
+          layer.num_experts, layer.num_experts - 1);
+  const int64_t local = o.num_local_experts.value_or(layer.num_experts - o.first_expert);
+  require(local <= layer.num_experts - o.first_expert, ErrorKind::kInvalidArgument,
           "--first-expert {} with --local-experts {} leaves the layer's {} experts", o.first_expert,
-          o.num_local_experts, layer.num_experts);
+          local, layer.num_experts);
 
   MoeConfig config;
   config.num_experts = layer.num_experts;
@@ -119,14 +121,12 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--first-expert", o->first_expert,
                  "First expert this rank holds (expert parallelism)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--local-experts", o->num_local_experts,
-                 "Experts this rank holds (default: all from --first-expert)");
-  app.add_option("--prefix", o->prefix,
-                 "Expert tensor prefix with {layer} (default: detected from the tensor names)");
-  app.add_option("--naming", o->naming, "Projection names under --prefix: hf or deepseek")
-      ->check(CLI::IsMember({"hf", "deepseek"}))
-      ->capture_default_str();
+                 "Experts this rank holds (default: all from --first-expert)")
+      ->check(CLI::PositiveNumber);
+  add_naming_options(app, o->naming);
   app.add_option("--hidden-stddev", o->hidden_stddev, "Standard deviation of the random tokens")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -93,6 +93,22 @@ TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats) {
 
 namespace nvfp4moe::app {
 
+void add_naming_options(CLI::App& app, NamingOptions& options) {
+  app.add_option("--prefix", options.prefix,
+                 "Expert tensor prefix with {layer}, e.g. 'model.layers.{layer}.mlp.experts.' "
+                 "(default: detected from the tensor names)");
+  app.add_option("--naming", options.naming,
+                 "Expert tensors under --prefix: hf (<e>.gate_proj/up_proj/down_proj), deepseek "
+                 "(<e>.w1/w3/w2) or fused (gate_up_proj/down_proj of all experts)")
+      ->check(CLI::IsMember({"hf", "deepseek", "fused"}))
+      ->capture_default_str();
+}
+
+std::vector<MoeLayerInfo> moe_layers(const Checkpoint& checkpoint, const NamingOptions& options) {
+  if (options.prefix.empty()) return find_moe_layers(checkpoint);
+  return find_moe_layers(checkpoint, ExpertNaming::from_style(options.naming, options.prefix));
+}
+
 void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activation_scale) {
   app.add_option("--device", options.device, "Backend: auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "core/metrics.hpp"
+#include "nvfp4moe/checkpoint.hpp"
 #include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/moe_import.hpp"
 #include "nvfp4moe/runtime.hpp"
 
 namespace nvfp4moe::app {
@@ -50,6 +52,15 @@ TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats);
 }  // namespace nvfp4moe::app
 
 namespace nvfp4moe::app {
+
+// --prefix / --naming: how expert tensors are named, detected when not given.
+struct NamingOptions {
+  std::string prefix;  // empty: detect from the tensor names
+  std::string naming = "hf";
+};
+void add_naming_options(CLI::App& app, NamingOptions& options);
+// The MoE layers of a checkpoint under the options (every detected layer when no prefix).
+std::vector<MoeLayerInfo> moe_layers(const Checkpoint& checkpoint, const NamingOptions& options);
 
 // Options that choose how a layer computes, shared by `demo` and `run`.
 struct LayerOptions {

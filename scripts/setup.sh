@@ -11,7 +11,9 @@ debian_packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   clang clang-format clang-tidy libclang-rt-14-dev
 )
-python_packages=(safetensors numpy pytest "torch==2.11.0")
+# compressed-tensors writes the test fixtures of its own format (its 0.17.0 wheel does not
+# declare psutil, which it imports).
+python_packages=(safetensors numpy pytest "torch==2.11.0" "compressed-tensors==0.17.0" psutil)
 
 missing=()
 for p in "${debian_packages[@]}"; do
@@ -25,7 +27,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c "import safetensors, numpy, pytest, torch" 2>/dev/null; then
+if ! python3 -c "import safetensors, numpy, pytest, torch, compressed_tensors" 2>/dev/null; then
   echo "setup: installing PyPI packages: ${python_packages[*]}"
   python3 -m pip install -q "${python_packages[@]}"
 fi

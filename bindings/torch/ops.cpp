@@ -138,8 +138,10 @@ void quantize_cpu(const at::Tensor& x, std::optional<double> global_scale, at::T
   translating([&] {
     const at::Tensor x32 = x.to(at::kFloat).contiguous();
     const std::span<const float> input(ptr<const float>(x32), size_t(x32.numel()));
-    const float g = global_scale ? static_cast<float>(*global_scale)
-                                 : nvfp4_dynamic_global_scale(finite_amax(input, "x"));
+    const float g =
+        global_scale
+            ? static_cast<float>(*global_scale)
+            : nvfp4_dynamic_global_scale(finite_amax(input, "nvfp4moe.quantize: x", x.size(1)));
     quantize_nvfp4(input, x.size(0), x.size(1), g, std::span(ptr<uint8_t>(values), values.nbytes()),
                    std::span(ptr<uint8_t>(scales), scales.nbytes()));
     *ptr<float>(global_scale_out) = g;

@@ -16,6 +16,7 @@ enum class ErrorKind {
   kIo,               // the operating system refused a file operation
   kCuda,             // the CUDA runtime or a library reported an error
   kUnsupported,      // the request is valid but this build or device cannot serve it
+  kOutOfMemory,      // an allocation failed; the message says how much and for what
 };
 
 class Error : public std::runtime_error {

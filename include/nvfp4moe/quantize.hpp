@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "nvfp4moe/format.hpp"
@@ -33,9 +34,10 @@ struct NvFp4Tensor {
   NvFp4View view() const { return {values.data(), scales.data(), global_scale, rows, cols}; }
 };
 
-// Largest magnitude of x; an Error if any element is NaN or infinite (`what` names the tensor).
-float finite_amax(std::span<const float> x, const char* what);
-float finite_amax(std::span<const uint16_t> x_bf16, const char* what);
+// Largest magnitude of x; an Error if any element is NaN or infinite (`what` names the tensor;
+// with `cols` > 0 the element is given as [row, col] of a matrix with that many columns).
+float finite_amax(std::span<const float> x, std::string_view what, int64_t cols = 0);
+float finite_amax(std::span<const uint16_t> x_bf16, std::string_view what, int64_t cols = 0);
 
 // Quantizes x [rows, cols] into caller-provided values [rows, cols/2] and scales
 // [rows, cols/16] with the given global scale (finite and > 0).

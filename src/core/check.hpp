@@ -3,9 +3,12 @@
 
 #include <fmt/format.h>
 
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "nvfp4moe/error.hpp"
 
@@ -35,6 +38,23 @@ template <typename... Args>
 template <typename... Args>
 void require(bool condition, ErrorKind kind, fmt::format_string<Args...> format, Args&&... args) {
   if (!condition) fail(kind, format, std::forward<Args>(args)...);
+}
+
+}  // namespace nvfp4moe
+
+namespace nvfp4moe {
+
+// A vector of `count` value-initialized elements; out of memory is an Error that says how much
+// was asked for and `what` it was for, not a bare std::bad_alloc.
+template <typename T>
+std::vector<T> allocate_vector(size_t count, std::string_view what, T value = T()) {
+  try {
+    return std::vector<T>(count, value);
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
+  fail(ErrorKind::kOutOfMemory, "out of memory: cannot allocate {:.0f} bytes of host memory for {}",
+       static_cast<double>(count) * sizeof(T), what);
 }
 
 }  // namespace nvfp4moe

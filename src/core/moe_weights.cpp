@@ -23,10 +23,15 @@ MoeWeights MoeWeights::allocate(int64_t num_experts, int64_t hidden, int64_t int
   const auto e = static_cast<size_t>(num_experts);
   const auto gate_up_elements = e * 2 * intermediate * hidden;
   const auto down_elements = e * hidden * intermediate;
-  w.gate_up_values.assign(gate_up_elements / 2, 0);
-  w.gate_up_scales.assign(gate_up_elements / kBlockSize, 0);
-  w.down_values.assign(down_elements / 2, 0);
-  w.down_scales.assign(down_elements / kBlockSize, 0);
+  const std::string what =
+      fmt::format("{} experts (hidden {}, intermediate {})", num_experts, hidden, intermediate);
+  w.gate_up_values =
+      allocate_vector<uint8_t>(gate_up_elements / 2, "the gate/up values of " + what);
+  w.gate_up_scales =
+      allocate_vector<uint8_t>(gate_up_elements / kBlockSize, "the gate/up scales of " + what);
+  w.down_values = allocate_vector<uint8_t>(down_elements / 2, "the down values of " + what);
+  w.down_scales =
+      allocate_vector<uint8_t>(down_elements / kBlockSize, "the down scales of " + what);
   w.gate_global_scale.assign(e, 1.0f);
   w.up_global_scale.assign(e, 1.0f);
   w.down_global_scale.assign(e, 1.0f);

@@ -12,13 +12,15 @@ float element_as_float(float x) { return x; }
 float element_as_float(uint16_t x_bf16) { return bf16_to_float(x_bf16); }
 
 template <typename T>
-float finite_amax_impl(std::span<const T> x, const char* what) {
+float finite_amax_impl(std::span<const T> x, std::string_view what, int64_t cols) {
   float amax = 0.0f;
   for (size_t i = 0; i < x.size(); ++i) {
     const float v = element_as_float(x[i]);
     if (!std::isfinite(v)) {
+      const auto width = static_cast<size_t>(cols);
       fail(ErrorKind::kInvalidArgument,
-           "{}: element {} is {}; NVFP4 quantization needs finite values", what, i, v);
+           "{}: element {} is {}; NVFP4 quantization needs finite values", what,
+           cols > 0 ? fmt::format("[{}, {}]", i / width, i % width) : std::to_string(i), v);
     }
     amax = std::fmax(amax, std::fabs(v));
   }
@@ -74,9 +76,11 @@ void quantize_impl(std::span<const T> x, int64_t rows, int64_t cols, float globa
 
 }  // namespace
 
-float finite_amax(std::span<const float> x, const char* what) { return finite_amax_impl(x, what); }
-float finite_amax(std::span<const uint16_t> x_bf16, const char* what) {
-  return finite_amax_impl(x_bf16, what);
+float finite_amax(std::span<const float> x, std::string_view what, int64_t cols) {
+  return finite_amax_impl(x, what, cols);
+}
+float finite_amax(std::span<const uint16_t> x_bf16, std::string_view what, int64_t cols) {
+  return finite_amax_impl(x_bf16, what, cols);
 }
 
 void quantize_nvfp4(std::span<const float> x, int64_t rows, int64_t cols, float global_scale,
@@ -98,8 +102,9 @@ NvFp4Tensor quantize_nvfp4(std::span<const float> x, int64_t rows, int64_t cols,
           "quantize_nvfp4: shape [{}, {}] has a negative dimension", rows, cols);
   out.values.resize(static_cast<size_t>(rows * cols / 2));
   out.scales.resize(static_cast<size_t>(rows * cols / kBlockSize));
-  out.global_scale =
-      global_scale ? *global_scale : nvfp4_dynamic_global_scale(finite_amax(x, "quantize_nvfp4"));
+  out.global_scale = global_scale
+                         ? *global_scale
+                         : nvfp4_dynamic_global_scale(finite_amax(x, "quantize_nvfp4", cols));
   quantize_nvfp4(x, rows, cols, out.global_scale, out.values, out.scales);
   return out;
 }

@@ -43,7 +43,7 @@ class CpuLinear final : public Nvfp4Linear {
     float g = 1.0f;
     if (w4a4) {
       const float amax =
-          finite_amax(std::span(x, static_cast<size_t>(tokens * in)), "linear: x (W4A4)");
+          finite_amax(std::span(x, static_cast<size_t>(tokens * in)), "linear: x (W4A4)", in);
       g = config_.activation_scale == ActivationScale::kDynamic ? nvfp4_dynamic_global_scale(amax)
                                                                 : input_scale_;
     }

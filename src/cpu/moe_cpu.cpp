@@ -151,7 +151,7 @@ class CpuMoeRunner final : public MoeRunner {
         config_.mode == QuantMode::kW4A4
             ? finite_amax(
                   std::span(args.hidden, static_cast<size_t>(args.num_tokens * config_.hidden)),
-                  "forward: hidden (W4A4 quantizes it)")
+                  "forward: hidden (W4A4 quantizes it)", config_.hidden)
             : 0.0f;
     gate_up(args, hidden_amax, ws);
     down(ws);

@@ -89,6 +89,11 @@ def test_quantize_writes_a_modelopt_checkpoint(quantized):
 
     experts = [n for n in originals if ".experts." in n]
     assert len(experts) == 48
+
+    def original(name):
+        rows, cols = originals[name]["shape"]
+        return bf16_to_float(originals[name]["data"]).reshape(rows, cols)
+
     for name in experts:
         base = name[: -len(".weight")]
         rows, cols = originals[name]["shape"]
@@ -97,18 +102,39 @@ def test_quantize_writes_a_modelopt_checkpoint(quantized):
         assert (weight["dtype"], weight["shape"]) == ("U8", [rows, cols // 2])
         assert (scale["dtype"], scale["shape"]) == ("F8_E4M3", [rows, cols // 16])
         assert (scale_2["dtype"], scale_2["shape"]) == ("F32", [])
-        original = bf16_to_float(originals[name]["data"]).reshape(rows, cols)
-        np.testing.assert_allclose(np.frombuffer(scale_2["data"], np.float32)[0],
-                                   np.abs(original).max() / 2688, rtol=1e-6)
-        error = np.linalg.norm(dequantize(weight, scale, scale_2) - original)
-        assert error / np.linalg.norm(original) < 0.12, name
+        # Gate and up of an expert share one global scale, from the larger amax (as ModelOpt
+        # writes it, and as engines read it: one scale per expert for w13).
+        partners = [base.replace(p, q) + ".weight" for p in ("gate_proj", "up_proj")
+                    for q in ("gate_proj", "up_proj") if p in base] or [name]
+        amax = max(np.abs(original(n)).max() for n in partners)
+        np.testing.assert_allclose(np.frombuffer(scale_2["data"], np.float32)[0], amax / 2688,
+                                   rtol=1e-6)
+        error = np.linalg.norm(dequantize(weight, scale, scale_2) - original(name))
+        assert error / np.linalg.norm(original(name)) < 0.12, name
+    for base in {n[: -len(".gate_proj.weight")] for n in experts if "gate_proj" in n}:
+        gate, up = (tensors[f"{base}.{p}.weight_scale_2"]["data"] for p in ("gate_proj", "up_proj"))
+        assert gate == up, base
     for name, info in originals.items():
         if ".experts." not in name:
             assert tensors[name] == info, name  # copied unchanged
-    assert json.load(open(quantized / "config.json"))["model_type"] == "test_moe"
+    config = json.load(open(quantized / "config.json"))
+    assert config["model_type"] == "test_moe"
+    assert config["quantization_config"]["quant_method"] == "modelopt"
+    assert config["quantization_config"]["quant_algo"] == "NVFP4"
+    assert "model.layers.0.self_attn.o_proj" in config["quantization_config"]["ignore"]
     quant_config = json.load(open(quantized / "hf_quant_config.json"))["quantization"]
     assert quant_config["quant_algo"] == "NVFP4" and quant_config["group_size"] == 16
     assert "model.layers.0.self_attn.o_proj" in quant_config["exclude_modules"]
+    # Every other file of the input directory travels with the weights.
+    for name in os.listdir(source_dir):
+        if not name.endswith(".safetensors") and name not in ("config.json",
+                                                              "model.safetensors.index.json"):
+            assert open(quantized / name, "rb").read() == open(os.path.join(source_dir, name),
+                                                               "rb").read(), name
+    assert sorted(os.listdir(quantized)) == sorted(
+        ["config.json", "hf_quant_config.json", "model.safetensors.index.json",
+         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+         "tokenizer.json", "generation_config.json"])
 
 
 def test_inspect_lists_the_layers(quantized):
@@ -116,11 +142,12 @@ def test_inspect_lists_the_layers(quantized):
     assert "2 shard(s)" in out and "2 MoE layer(s)" in out
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+model", line)]
     assert [r[0] for r in rows] == ["1", "3"]
-    assert all(r[2:6] == ["4", "64", "32", "NVFP4"] for r in rows), rows
+    assert all(r[2:6] == ["4", "64", "32", "NVFP4/modelopt"] for r in rows), rows
     out = run("inspect", quantized).stdout
-    assert "2 MoE layer(s)" in out and "NVFP4" in out
+    assert "2 MoE layer(s)" in out and "NVFP4/modelopt" in out
+    assert "quantization config (config.json): ModelOpt" in out and "producer: nvfp4moe" in out
     out = run("inspect", os.path.join(FIXTURES, "bf16_moe")).stdout
-    assert "BF16" in out
+    assert "BF16" in out and "quantization config: none" in out
 
 
 def accuracy(out):
@@ -156,7 +183,7 @@ def test_failures_exit_nonzero_with_one_line(quantized):
                    message="overlap")
     expect_failure("inspect", os.path.join(FIXTURES, "nothing_here"), message="no such file")
     expect_failure("quantize", hf, "/tmp/never_written", message="NVFP4 already")
-    expect_failure("quantize", quantized, quantized, message="must differ")
+    expect_failure("quantize", quantized, quantized, message="overlaps the input")
     expect_failure("run", os.path.join(FIXTURES, "bf16_moe"), "--layer", "0",
                    message="not NVFP4; convert it with `nvfp4moe quantize`")
     expect_failure("frobnicate", message="frobnicate")
