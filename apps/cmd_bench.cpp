@@ -36,7 +36,9 @@ void add_bench(CLI::App& app) {
   app.add_flag(
       "--no-peer", [o](int64_t) { o->peer = false; }, "Skip the cuBLAS BF16 peer");
   app.add_option("--json", o->json_path, "Also write the results to this JSON file");
-  app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  app.add_option("--seed", o->seed, "Random seed")
+      ->check(non_negative_integer())
+      ->capture_default_str();
   app.add_option("--world-size", *world,
                  "Expert parallelism over NCCL: time world sizes 1, 2, 4 .. N of this machine's "
                  "GPUs instead of the single-GPU table")

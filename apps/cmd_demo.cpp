@@ -82,7 +82,9 @@ void add_demo(CLI::App& app) {
   app.add_option("--repeats", options->repeats, "Timed forwards (the median is shown)")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  app.add_option("--seed", options->seed, "Random seed")->capture_default_str();
+  app.add_option("--seed", options->seed, "Random seed")
+      ->check(non_negative_integer())
+      ->capture_default_str();
   add_layer_options(app, options->layer, /*with_activation_scale=*/false);
   app.callback([options] { run_demo(*options); });
 }

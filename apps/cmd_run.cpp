@@ -109,7 +109,7 @@ void add_run(CLI::App& app) {
       ->required();
   app.add_option("--layer", o->layer, "Index of the MoE layer")
       ->required()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_integer());
   app.add_option("--tokens", o->tokens, "Tokens in the batch")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
@@ -121,19 +121,21 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--first-expert", o->first_expert,
                  "First expert this rank holds (expert parallelism)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_integer())
       ->capture_default_str();
   app.add_option("--local-experts", o->num_local_experts,
                  "Experts this rank holds (default: all from --first-expert)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   add_naming_options(app, o->naming);
   app.add_option("--hidden-stddev", o->hidden_stddev, "Standard deviation of the random tokens")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_positive())
       ->capture_default_str();
   app.add_option("--repeats", o->repeats, "Timed forwards (the median is shown)")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  app.add_option("--seed", o->seed, "Random seed")
+      ->check(non_negative_integer())
+      ->capture_default_str();
   add_layer_options(app, o->layer_options, /*with_activation_scale=*/true);
   app.callback([o] { run_layer(*o); });
 }

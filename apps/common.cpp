@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "core/check.hpp"
 #include "core/metrics.hpp"
@@ -93,6 +95,42 @@ TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats) {
 
 namespace nvfp4moe::app {
 
+namespace {
+
+// An integer written in decimal digits only (no sign, no spaces), at most `min` .. int64 max.
+std::string check_integer(const std::string& text, int64_t min) {
+  const bool digits = !text.empty() && text.size() <= 19 &&
+                      text.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits || (text.size() == 19 && text > "9223372036854775807") || std::stoll(text) < min) {
+    return fmt::format("expected an integer >= {}, got '{}'", min, text);
+  }
+  return {};
+}
+
+}  // namespace
+
+CLI::Validator finite_positive() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double value = std::strtod(text.c_str(), &end);
+        if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(value) ||
+            value <= 0.0 || value > 3.4e38) {
+          return fmt::format("expected a finite number > 0, got '{}'", text);
+        }
+        return {};
+      },
+      "NUMBER > 0");
+}
+
+CLI::Validator non_negative_integer() {
+  return CLI::Validator([](std::string& text) { return check_integer(text, 0); }, "INTEGER >= 0");
+}
+
+CLI::Validator positive_integer() {
+  return CLI::Validator([](std::string& text) { return check_integer(text, 1); }, "INTEGER > 0");
+}
+
 void add_naming_options(CLI::App& app, NamingOptions& options) {
   app.add_option("--prefix", options.prefix,
                  "Expert tensor prefix with {layer}, e.g. 'model.layers.{layer}.mlp.experts.' "
@@ -117,7 +155,7 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
       ->check(CLI::IsMember({"silu", "swiglu_clamped"}))
       ->capture_default_str();
   app.add_option("--swiglu-limit", options.swiglu_limit, "Clamp of swiglu_clamped")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_positive())
       ->capture_default_str();
   if (!with_activation_scale) return;
   app.add_option("--activation-scale", options.activation_scale,

@@ -53,6 +53,12 @@ TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats);
 
 namespace nvfp4moe::app {
 
+// Option checks whose messages say what was wrong in a short line (CLI11's own print the range's
+// bounds, DBL_MAX in full).
+CLI::Validator finite_positive();       // a finite number > 0
+CLI::Validator non_negative_integer();  // 0, 1, 2, ...
+CLI::Validator positive_integer();      // 1, 2, ...
+
 // --prefix / --naming: how expert tensors are named, detected when not given.
 struct NamingOptions {
   std::string prefix;  // empty: detect from the tensor names

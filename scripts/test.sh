@@ -15,11 +15,21 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 echo "== fuzzing the safetensors reader for ${NVFP4MOE_FUZZ_SECONDS:-60} s"
 cmake -S tests/fuzz -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
 cmake --build build/fuzz -j "$jobs"
+# The corpus: every fixture file, prefixed with the byte that picks its parser (0 safetensors,
+# 1 index); -max_len lets the fuzzer grow inputs to deep and large headers.
 corpus=build/fuzz/corpus
+rm -rf "$corpus"
 mkdir -p "$corpus"
-cp build/tests/fixtures/*.safetensors build/tests/fixtures/malformed/*.safetensors "$corpus"/
-build/fuzz/fuzz_safetensors -max_total_time="${NVFP4MOE_FUZZ_SECONDS:-60}" -max_len=4096 \
-  -print_final_stats=1 "$corpus" 2>&1 | tail -n 12
+for f in build/tests/fixtures/*.safetensors build/tests/fixtures/malformed/*.safetensors \
+  build/tests/fixtures/formats/*.safetensors; do
+  { printf '\x00'; cat "$f"; } >"$corpus/st_$(basename "$f")"
+done
+for f in build/tests/fixtures/*/model.safetensors.index.json \
+  build/tests/fixtures/malformed_index/*/model.safetensors.index.json; do
+  { printf '\x01'; cat "$f"; } >"$corpus/index_$(basename "$(dirname "$f")").json"
+done
+build/fuzz/fuzz_safetensors -max_total_time="${NVFP4MOE_FUZZ_SECONDS:-60}" -max_len=1048576 \
+  -rss_limit_mb=4096 -print_final_stats=1 "$corpus" 2>&1 | tail -n 12
 
 echo "== clang-format"
 git ls-files '*.cpp' '*.hpp' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror

@@ -88,6 +88,12 @@ inline constexpr int kMaxHeaderDepth = 3;
 // file in error messages.
 SafetensorsHeader parse_safetensors(std::span<const std::byte> file, std::string_view source);
 
+// Parses and checks a model.safetensors.index.json held in memory: its weight map (tensor name
+// -> shard file name), each shard a plain file name in the index's directory. `source` names
+// the file in error messages.
+std::map<std::string, std::string, std::less<>> parse_safetensors_index(std::string_view text,
+                                                                        std::string_view source);
+
 class SafetensorsFile {
  public:
   // Maps the file read-only and checks its header. Anything but a regular file is refused

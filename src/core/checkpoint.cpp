@@ -20,16 +20,37 @@ constexpr int kMaxIndexDepth = 8;  // {"metadata": {...}, "weight_map": {...}} w
 
 // A shard named by an index must be a plain file name next to the index: an untrusted index
 // must not reach other directories.
-void check_shard_name(const fs::path& index, const std::string& name) {
+void check_shard_name(std::string_view index, const std::string& name) {
   const bool plain = !name.empty() && name != "." && name != ".." &&
                      name.find('/') == std::string::npos && name.find('\\') == std::string::npos &&
                      name.find('\0') == std::string::npos;
   require(plain, ErrorKind::kInvalidFile,
-          "{}: shard name '{}' is not a plain file name in the index's directory", index.string(),
+          "{}: shard name '{}' is not a plain file name in the index's directory", index,
           printable(name));
 }
 
 }  // namespace
+
+std::map<std::string, std::string, std::less<>> parse_safetensors_index(std::string_view text,
+                                                                        std::string_view source) {
+  require(text.size() <= kMaxIndexBytes, ErrorKind::kInvalidFile,
+          "{}: {} bytes is too large for an index", source, text.size());
+  const json index = parse_json(text, source, kMaxIndexDepth);
+  const auto map_it = index.is_object() ? index.find("weight_map") : index.end();
+  require(map_it != index.end() && map_it->is_object(), ErrorKind::kInvalidFile,
+          "{}: expected an object with a 'weight_map' object", source);
+  std::map<std::string, std::string, std::less<>> weight_map;
+  for (const auto& [tensor, shard] : map_it->items()) {
+    require(shard.is_string(), ErrorKind::kInvalidFile,
+            "{}: weight_map['{}'] is not a file name string", source, printable(tensor));
+    const auto& name = shard.get_ref<const std::string&>();
+    check_shard_name(source, name);
+    weight_map.emplace(tensor, name);
+  }
+  require(!weight_map.empty(), ErrorKind::kInvalidFile, "{}: the weight_map names no tensor",
+          source);
+  return weight_map;
+}
 
 Checkpoint Checkpoint::open(const fs::path& path) {
   Checkpoint checkpoint;
@@ -61,22 +82,12 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   }
 
   if (!index_path.empty()) {
-    const json index = read_json_file(index_path, kMaxIndexBytes, kMaxIndexDepth);
-    const auto map_it = index.is_object() ? index.find("weight_map") : index.end();
-    require(map_it != index.end() && map_it->is_object(), ErrorKind::kInvalidFile,
-            "{}: expected an object with a 'weight_map' object", index_path.string());
+    checkpoint.weight_map_ =
+        parse_safetensors_index(read_small_file(index_path, kMaxIndexBytes), index_path.string());
     std::set<std::string> shard_names;
-    for (const auto& [tensor, shard] : map_it->items()) {
-      require(shard.is_string(), ErrorKind::kInvalidFile,
-              "{}: weight_map['{}'] is not a file name string", index_path.string(),
-              printable(tensor));
-      const auto& name = shard.get_ref<const std::string&>();
-      check_shard_name(index_path, name);
-      checkpoint.weight_map_.emplace(tensor, name);
-      if (shard_names.insert(name).second) files.push_back(index_path.parent_path() / name);
+    for (const auto& [tensor, shard] : checkpoint.weight_map_) {
+      if (shard_names.insert(shard).second) files.push_back(index_path.parent_path() / shard);
     }
-    require(!files.empty(), ErrorKind::kInvalidFile, "{}: the weight_map names no tensor",
-            index_path.string());
   }
 
   for (const auto& file : files) checkpoint.shards_.push_back(SafetensorsFile::open(file));
