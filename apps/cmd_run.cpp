@@ -33,22 +33,9 @@ struct RunOptions {
 };
 
 MoeLayerInfo find_layer(const Checkpoint& checkpoint, const RunOptions& o) {
-  if (!o.naming.prefix.empty()) {
-    return describe_moe_layer(checkpoint, o.layer,
-                              ExpertNaming::from_style(o.naming.naming, o.naming.prefix));
-  }
-  std::vector<MoeLayerInfo> matches;
-  std::string available;
-  for (auto& layer : find_moe_layers(checkpoint)) {
-    available += (available.empty() ? "" : ", ") + std::to_string(layer.layer);
-    if (layer.layer == o.layer) matches.push_back(std::move(layer));
-  }
-  require(!matches.empty(), ErrorKind::kInvalidArgument, "{}: no MoE layer {} (layers found: {})",
-          o.checkpoint, o.layer, available.empty() ? "none" : available);
-  require(matches.size() == 1, ErrorKind::kInvalidArgument,
-          "{}: layer {} matches several expert prefixes; choose one with --prefix", o.checkpoint,
-          o.layer);
-  return matches.front();
+  if (o.naming.prefix.empty()) return select_moe_layer(checkpoint, o.layer);
+  const ExpertNaming naming = ExpertNaming::from_style(o.naming.naming, o.naming.prefix);
+  return select_moe_layer(checkpoint, o.layer, &naming);
 }
 
 void run_layer(const RunOptions& o) {

@@ -165,15 +165,12 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
 }
 
 void apply_layer_options(const LayerOptions& options, MoeConfig& config) {
-  config.activation = options.activation == "silu" ? Activation::kSilu : Activation::kSwigluClamped;
+  config.activation = parse_activation(options.activation, "--activation");
   config.swiglu_limit = options.swiglu_limit;
-  config.activation_scale =
-      options.activation_scale == "dynamic" ? ActivationScale::kDynamic : ActivationScale::kStatic;
+  config.activation_scale = parse_activation_scale(options.activation_scale, "--activation-scale");
 }
 
-QuantMode parse_mode(const std::string& name) {
-  return name == "w4a4" ? QuantMode::kW4A4 : QuantMode::kW4A16;
-}
+QuantMode parse_mode(const std::string& name) { return parse_quant_mode(name, "--mode"); }
 
 }  // namespace nvfp4moe::app
 

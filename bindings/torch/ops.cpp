@@ -10,24 +10,37 @@
 //   moe_workspace_bytes(<config>, device) -> int
 //   linear(x, <prepared weight>, ..., workspace!, errors!, out!)          dense NVFP4 linear
 //   linear_workspace_bytes(<config>, device) -> int
+//   load_moe_layer(path, layer, prefix?, naming, first_expert, num_experts?) -> (tensors, experts)
 // The CUDA ops record input problems they find (ids out of range, non-finite W4A4 activations)
 // in an int32 error word instead of stopping; nvfp4moe.check_errors reads it.
+//
+// Forwards that share a workspace are serialized (WorkspaceUse): on the host by a lock, so
+// threads calling one module cannot interleave (the ops release the GIL, and the CPU ops compute
+// in the workspace), and on the GPU by stream order: a forward on another stream than the
+// workspace's last one first waits for that stream. Under CUDA-graph capture the caller orders
+// replays (one stream, as engines run layers).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "cuda/common/prepared_layout.hpp"
 #include "cuda/linear_forward.hpp"
 #include "cuda/moe_forward.hpp"
 #include "cuda/quant/quant.hpp"
+#include "nvfp4moe/checkpoint.hpp"
 #include "nvfp4moe/error.hpp"
 #include "nvfp4moe/linear.hpp"
 #include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/moe_import.hpp"
 #include "nvfp4moe/quantize.hpp"
 #include "nvfp4moe/runtime.hpp"
 
@@ -45,6 +58,7 @@ auto translating(F&& body) {
       TORCH_CHECK_VALUE(false, e.what());
     }
     if (e.kind() == ErrorKind::kUnsupported) TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
+    if (e.kind() == ErrorKind::kOutOfMemory) TORCH_CHECK_WITH(OutOfMemoryError, false, e.what());
     TORCH_CHECK(false, e.what());
   }
 }
@@ -85,30 +99,72 @@ cudaStream_t stream_of(const at::Tensor& t) {
   return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
+// Holds a workspace for one forward (see the file's header). Workspaces hash to one of a fixed
+// set of stripes, so the state stays bounded however many are made and freed.
+class WorkspaceUse {
+ public:
+  WorkspaceUse(const at::Tensor& workspace, cudaStream_t stream)
+      : stripe_(stripes()[std::hash<const void*>{}(workspace.data_ptr()) % kStripes]),
+        lock_(stripe_.mutex) {
+    if (!workspace.is_cuda()) return;
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    if (capturing != cudaStreamCaptureStatusNone) return;
+    const int device = workspace.device().index();
+    if (stripe_.last != nullptr && stripe_.device == device && stripe_.last != stream) {
+      cudaStreamCaptureStatus last_capturing = cudaStreamCaptureStatusNone;
+      C10_CUDA_CHECK(cudaStreamIsCapturing(stripe_.last, &last_capturing));
+      if (last_capturing == cudaStreamCaptureStatusNone) {
+        if (stripe_.event == nullptr || stripe_.event_device != device) {
+          if (stripe_.event != nullptr) (void)cudaEventDestroy(stripe_.event);
+          C10_CUDA_CHECK(cudaEventCreateWithFlags(&stripe_.event, cudaEventDisableTiming));
+          stripe_.event_device = device;
+        }
+        C10_CUDA_CHECK(cudaEventRecord(stripe_.event, stripe_.last));
+        C10_CUDA_CHECK(cudaStreamWaitEvent(stream, stripe_.event, 0));
+      }
+    }
+    stripe_.last = stream;
+    stripe_.device = device;
+  }
+
+ private:
+  static constexpr size_t kStripes = 64;
+  struct Stripe {
+    std::mutex mutex;
+    cudaStream_t last = nullptr;  // the stream of the last forward on this stripe
+    int device = -1;
+    cudaEvent_t event = nullptr;
+    int event_device = -1;
+  };
+  static std::array<Stripe, kStripes>& stripes() {
+    static auto* all = new std::array<Stripe, kStripes>();  // never destroyed: ops may run at exit
+    return *all;
+  }
+  Stripe& stripe_;
+  std::lock_guard<std::mutex> lock_;
+};
+
 MoeConfig moe_config(int64_t num_experts, int64_t num_local_experts, int64_t first_local_expert,
                      int64_t hidden, int64_t intermediate, int64_t top_k, int64_t max_tokens,
-                     int64_t mode, int64_t activation_scale, int64_t activation,
-                     double swiglu_limit) {
-  TORCH_CHECK_VALUE(mode == 0 || mode == 1, "nvfp4moe: mode ", mode,
-                    ", expected 0 (W4A16) or 1 (W4A4)");
-  TORCH_CHECK_VALUE(activation_scale == 0 || activation_scale == 1, "nvfp4moe: activation_scale ",
-                    activation_scale, ", expected 0 (dynamic) or 1 (static)");
-  TORCH_CHECK_VALUE(activation == 0 || activation == 1, "nvfp4moe: activation ", activation,
-                    ", expected 0 (silu) or 1 (swiglu_clamped)");
-  MoeConfig c;
-  c.num_experts = num_experts;
-  c.num_local_experts = num_local_experts;
-  c.first_local_expert = first_local_expert;
-  c.hidden = hidden;
-  c.intermediate = intermediate;
-  c.top_k = top_k;
-  c.max_tokens = max_tokens;
-  c.mode = mode == 0 ? QuantMode::kW4A16 : QuantMode::kW4A4;
-  c.activation_scale = activation_scale == 0 ? ActivationScale::kDynamic : ActivationScale::kStatic;
-  c.activation = activation == 0 ? Activation::kSilu : Activation::kSwigluClamped;
-  c.swiglu_limit = static_cast<float>(swiglu_limit);
-  translating([&] { c.validate(); });
-  return c;
+                     c10::string_view mode, c10::string_view activation_scale,
+                     c10::string_view activation, double swiglu_limit) {
+  return translating([&] {
+    MoeConfig c;
+    c.num_experts = num_experts;
+    c.num_local_experts = num_local_experts;
+    c.first_local_expert = first_local_expert;
+    c.hidden = hidden;
+    c.intermediate = intermediate;
+    c.top_k = top_k;
+    c.max_tokens = max_tokens;
+    c.mode = parse_quant_mode(mode, "nvfp4moe: mode");
+    c.activation_scale = parse_activation_scale(activation_scale, "nvfp4moe: activation_scale");
+    c.activation = parse_activation(activation, "nvfp4moe: activation");
+    c.swiglu_limit = static_cast<float>(swiglu_limit);
+    c.validate();
+    return c;
+  });
 }
 
 // ---- quantize ------------------------------------------------------------------------------
@@ -194,22 +250,26 @@ std::tuple<int64_t, int64_t> prepared_bytes(int64_t rows, int64_t k, c10::string
   return {shape.code_bytes(), shape.scale_bytes()};
 }
 
-// values [E, rows, k/2] (or [rows, k/2]), scales [E, rows, k/16]. Block scales must be finite
-// E4M3 values >= 0: checked on the host, once, at load time.
+// values [E, rows, k/2] (or [rows, k/2]), scales [E, rows, k/16] (or [rows, k/16]): exactly
+// these shapes, so a transposed or reshaped tensor of the right size is refused. Block scales
+// must be finite E4M3 values >= 0: checked on the host, once, at load time.
 void prepare_common(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
                     at::Tensor& codes, at::Tensor& scale_codes, int64_t& experts, int64_t& rows,
                     int64_t& k) {
   TORCH_CHECK_VALUE(values.dim() == 2 || values.dim() == 3,
-                    "nvfp4moe.prepare_weights: values must be [rows, k/2] or [E, rows, k/2]");
+                    "nvfp4moe.prepare_weights: values has shape ", values.sizes(),
+                    ", expected [rows, k/2] or [experts, rows, k/2]");
   expect(values, "values", at::kByte, values.device());
   expect_scales(scales, "scales", values.device());
   experts = values.dim() == 3 ? values.size(0) : 1;
   rows = values.size(-2);
   k = values.size(-1) * 2;
-  TORCH_CHECK_VALUE(scales.numel() == experts * rows * k / 16,
-                    "nvfp4moe.prepare_weights: scales "
-                    "have ",
-                    scales.numel(), " elements, expected ", experts * rows * k / 16);
+  std::vector<int64_t> scale_shape = {rows, k / 16};
+  if (values.dim() == 3) scale_shape.insert(scale_shape.begin(), experts);
+  TORCH_CHECK_VALUE(k % 16 == 0 && scales.sizes() == at::IntArrayRef(scale_shape),
+                    "nvfp4moe.prepare_weights: scales have shape ", scales.sizes(), ", expected ",
+                    at::IntArrayRef(scale_shape), " for values of shape ", values.sizes(),
+                    " (one E4M3 scale per 16 values of a row)");
   expect(codes, "codes", at::kByte, values.device());
   expect(scale_codes, "scale_codes", at::kByte, values.device());
   const auto [code_bytes, scale_bytes] = prepared_bytes(rows, k, values.is_cuda() ? "cuda" : "cpu");
@@ -311,31 +371,34 @@ int64_t check_moe(const MoeTensors& t, const MoeConfig& c) {
 
 int64_t moe_workspace_bytes(int64_t num_experts, int64_t num_local_experts,
                             int64_t first_local_expert, int64_t hidden, int64_t intermediate,
-                            int64_t top_k, int64_t max_tokens, int64_t mode,
-                            int64_t activation_scale, c10::string_view device) {
-  const MoeConfig c = moe_config(num_experts, num_local_experts, first_local_expert, hidden,
-                                 intermediate, top_k, max_tokens, mode, activation_scale, 0, 10.0);
+                            int64_t top_k, int64_t max_tokens, c10::string_view mode,
+                            c10::string_view activation_scale, c10::string_view device) {
+  const MoeConfig c =
+      moe_config(num_experts, num_local_experts, first_local_expert, hidden, intermediate, top_k,
+                 max_tokens, mode, activation_scale, "silu", 10.0);
   return translating([&] {
     return static_cast<int64_t>(workspace_bytes(device == "cpu" ? Device::kCpu : Device::kCuda, c));
   });
 }
 
-#define NVFP4MOE_MOE_ARGS                                                                   \
-  const at::Tensor &hidden, const at::Tensor &topk_ids, const at::Tensor &topk_weights,     \
-      const at::Tensor &w13_codes, const at::Tensor &w13_scale_codes,                       \
-      const at::Tensor &w13_global_scale, const at::Tensor &w2_codes,                       \
-      const at::Tensor &w2_scale_codes, const at::Tensor &w2_global_scale,                  \
-      const std::optional<at::Tensor>&w13_input_scale,                                      \
-      const std::optional<at::Tensor>&w2_input_scale, int64_t num_experts,                  \
-      int64_t first_local_expert, int64_t hidden_size, int64_t intermediate, int64_t top_k, \
-      int64_t max_tokens, int64_t mode, int64_t activation_scale, int64_t activation,       \
-      double swiglu_limit, at::Tensor workspace, at::Tensor errors, at::Tensor out
+#define NVFP4MOE_MOE_ARGS                                                                        \
+  const at::Tensor &hidden, const at::Tensor &topk_ids, const at::Tensor &topk_weights,          \
+      const at::Tensor &w13_codes, const at::Tensor &w13_scale_codes,                            \
+      const at::Tensor &w13_global_scale, const at::Tensor &w2_codes,                            \
+      const at::Tensor &w2_scale_codes, const at::Tensor &w2_global_scale,                       \
+      const std::optional<at::Tensor>&w13_input_scale,                                           \
+      const std::optional<at::Tensor>&w2_input_scale, int64_t num_experts,                       \
+      int64_t first_local_expert, int64_t hidden_size, int64_t intermediate, int64_t top_k,      \
+      int64_t max_tokens, c10::string_view mode, c10::string_view activation_scale,              \
+      c10::string_view activation, double swiglu_limit, at::Tensor workspace, at::Tensor errors, \
+      at::Tensor out
 
 MoeConfig config_from(const at::Tensor& hidden, const at::Tensor& topk_ids,
                       const at::Tensor& w2_global_scale, int64_t num_experts,
                       int64_t first_local_expert, int64_t hidden_size, int64_t intermediate,
-                      int64_t top_k, int64_t max_tokens, int64_t mode, int64_t activation_scale,
-                      int64_t activation, double swiglu_limit) {
+                      int64_t top_k, int64_t max_tokens, c10::string_view mode,
+                      c10::string_view activation_scale, c10::string_view activation,
+                      double swiglu_limit) {
   TORCH_CHECK_VALUE(hidden.dim() == 2 && hidden.size(1) == hidden_size,
                     "nvfp4moe: hidden_states has shape ", hidden.sizes(), ", expected [T, ",
                     hidden_size, "]");
@@ -383,6 +446,7 @@ CheckedMoe check_moe_call(NVFP4MOE_MOE_ARGS) {
 
 void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
   const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
+  const WorkspaceUse use(workspace, nullptr);
   translating([&] {
     MoeWeightsView w;
     w.gate_up_values = ptr<const uint8_t>(w13_codes);
@@ -404,6 +468,7 @@ void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
 void moe_forward_cuda(NVFP4MOE_MOE_ARGS) {
   const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
   const c10::cuda::CUDAGuard guard(hidden.device());
+  const WorkspaceUse use(workspace, stream_of(hidden));
   translating([&] {
     cuda::PreparedMoeWeights w;
     w.gate_up_codes = ptr<const uint8_t>(w13_codes);
@@ -426,16 +491,19 @@ void moe_forward_cuda(NVFP4MOE_MOE_ARGS) {
 // ---- dense linear --------------------------------------------------------------------------
 
 LinearConfig linear_config(int64_t in_features, int64_t out_features, int64_t max_tokens,
-                           int64_t mode, int64_t activation_scale) {
-  LinearConfig c{in_features, out_features, max_tokens,
-                 mode == 0 ? QuantMode::kW4A16 : QuantMode::kW4A4,
-                 activation_scale == 0 ? ActivationScale::kDynamic : ActivationScale::kStatic};
-  translating([&] { c.validate(); });
-  return c;
+                           c10::string_view mode, c10::string_view activation_scale) {
+  return translating([&] {
+    LinearConfig c{in_features, out_features, max_tokens,
+                   parse_quant_mode(mode, "nvfp4moe.linear: mode"),
+                   parse_activation_scale(activation_scale, "nvfp4moe.linear: activation_scale")};
+    c.validate();
+    return c;
+  });
 }
 
 int64_t linear_workspace_bytes(int64_t in_features, int64_t out_features, int64_t max_tokens,
-                               int64_t mode, int64_t activation_scale, c10::string_view device) {
+                               c10::string_view mode, c10::string_view activation_scale,
+                               c10::string_view device) {
   const LinearConfig c =
       linear_config(in_features, out_features, max_tokens, mode, activation_scale);
   return device == "cpu" ? 0 : static_cast<int64_t>(cuda::linear_workspace_bytes(c));
@@ -466,17 +534,17 @@ void check_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor
   expect_shape(out, "out", {x.size(0), c.out_features});
 }
 
-#define NVFP4MOE_LINEAR_ARGS                                                            \
-  const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scale_codes,          \
-      const at::Tensor &global_scale, const std::optional<at::Tensor>&input_scale,      \
-      int64_t out_features, int64_t max_tokens, int64_t mode, int64_t activation_scale, \
-      at::Tensor workspace, at::Tensor errors, at::Tensor out
+#define NVFP4MOE_LINEAR_ARGS                                                       \
+  const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scale_codes,     \
+      const at::Tensor &global_scale, const std::optional<at::Tensor>&input_scale, \
+      int64_t out_features, int64_t max_tokens, c10::string_view mode,             \
+      c10::string_view activation_scale, at::Tensor workspace, at::Tensor errors, at::Tensor out
 
 void linear_cpu(NVFP4MOE_LINEAR_ARGS) {
   const LinearConfig c =
       linear_config(x.size(-1), out_features, max_tokens, mode, activation_scale);
   check_linear(x, codes, scale_codes, global_scale, input_scale, c, errors, out);
-  (void)workspace;
+  const WorkspaceUse use(workspace, nullptr);
   translating([&] {
     const NvFp4View weight{ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
                            *ptr<const float>(global_scale), c.out_features, c.in_features};
@@ -494,12 +562,74 @@ void linear_cuda(NVFP4MOE_LINEAR_ARGS) {
   TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe.linear: workspace has ",
                     workspace.nbytes(), " bytes, the layer needs ", needed);
   const c10::cuda::CUDAGuard guard(x.device());
+  const WorkspaceUse use(workspace, stream_of(x));
   translating([&] {
     cuda::linear_forward(c, ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
                          ptr<const float>(global_scale),
                          input_scale ? ptr<const float>(*input_scale) : nullptr, x.size(0),
                          ptr<const uint16_t>(x), ptr<uint16_t>(out), workspace.data_ptr(),
                          reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(x));
+  });
+}
+
+// Raises the Python exception for the bits of an error word read back from a device.
+void raise_errors(int64_t flags, int64_t num_experts, c10::string_view what) {
+  translating([&] {
+    cuda::raise_device_errors(static_cast<uint32_t>(flags), num_experts, std::string(what).c_str());
+  });
+}
+
+// ---- checkpoints ---------------------------------------------------------------------------
+
+// A host tensor over `bytes` owned by `owner` (no copy).
+template <typename T>
+at::Tensor host_tensor(const std::shared_ptr<const MoeWeights>& owner, const std::vector<T>& data,
+                       at::IntArrayRef shape, at::ScalarType dtype) {
+  return at::from_blob(
+      const_cast<T*>(data.data()), shape, [owner](void*) {}, at::TensorOptions().dtype(dtype));
+}
+
+// One MoE layer of a checkpoint, through the library's import (the CLI's checks and formats):
+// w13_weight uint8 [E, 2I, H/2], w13_weight_scale uint8 [E, 2I, H/16], w13_weight_scale_2
+// [E, 2] (gate, up), w2_weight [E, H, I/2], w2_weight_scale [E, H, I/16], w2_weight_scale_2
+// [E], then, when the layer has static input scales, w13_input_scale [E] (gate/up's larger) and
+// w2_input_scale [E]; and the layer's total expert count.
+std::tuple<std::vector<at::Tensor>, int64_t> load_moe_layer(c10::string_view path, int64_t layer,
+                                                            std::optional<c10::string_view> prefix,
+                                                            c10::string_view naming,
+                                                            int64_t first_expert,
+                                                            std::optional<int64_t> num_experts) {
+  return translating([&] {
+    const Checkpoint checkpoint = Checkpoint::open(std::string(path));
+    std::optional<ExpertNaming> chosen;
+    if (prefix) chosen = ExpertNaming::from_style(naming, std::string(*prefix));
+    const MoeLayerInfo info = select_moe_layer(checkpoint, layer, chosen ? &*chosen : nullptr);
+    TORCH_CHECK_VALUE(first_expert >= 0 && first_expert < info.num_experts,
+                      "nvfp4moe: first_expert = ", first_expert, ", but layer ", layer, " has ",
+                      info.num_experts, " experts");
+    const int64_t count = num_experts.value_or(info.num_experts - first_expert);
+    TORCH_CHECK_VALUE(count >= 1 && count <= info.num_experts - first_expert, "nvfp4moe: experts [",
+                      first_expert, ", ", first_expert, " + ", count, ") are outside layer ", layer,
+                      "'s ", info.num_experts, " experts");
+    auto weights =
+        std::make_shared<const MoeWeights>(import_moe_layer(checkpoint, info, first_expert, count));
+    const int64_t e = count, h = info.hidden, i = info.intermediate;
+    std::vector<at::Tensor> tensors = {
+        host_tensor(weights, weights->gate_up_values, {e, 2 * i, h / 2}, at::kByte),
+        host_tensor(weights, weights->gate_up_scales, {e, 2 * i, h / 16}, at::kByte),
+        at::stack({host_tensor(weights, weights->gate_global_scale, {e}, at::kFloat),
+                   host_tensor(weights, weights->up_global_scale, {e}, at::kFloat)},
+                  1),
+        host_tensor(weights, weights->down_values, {e, h, i / 2}, at::kByte),
+        host_tensor(weights, weights->down_scales, {e, h, i / 16}, at::kByte),
+        host_tensor(weights, weights->down_global_scale, {e}, at::kFloat).clone(),
+    };
+    if (!weights->gate_up_input_scale.empty()) {
+      tensors.push_back(
+          host_tensor(weights, weights->gate_up_input_scale, {e}, at::kFloat).clone());
+      tensors.push_back(host_tensor(weights, weights->down_input_scale, {e}, at::kFloat).clone());
+    }
+    return std::tuple{tensors, info.num_experts};
   });
 }
 
@@ -519,22 +649,27 @@ TORCH_LIBRARY(nvfp4moe, m) {
       "Tensor w2_scale_codes, Tensor w2_global_scale, Tensor? w13_input_scale, "
       "Tensor? w2_input_scale, int num_experts, int first_local_expert, int hidden, "
       "int intermediate, int top_k, "
-      "int max_tokens, int quant_mode, int activation_scale, int activation, float swiglu_limit, "
+      "int max_tokens, str quant_mode, str activation_scale, str activation, float swiglu_limit, "
       "Tensor(a!) workspace, Tensor(b!) errors, Tensor(c!) out) -> ()");
   m.def(
       "moe_workspace_bytes(int num_experts, int num_local_experts, int first_local_expert, "
-      "int hidden, int intermediate, int top_k, int max_tokens, int mode, "
-      "int activation_scale, str device) -> int",
+      "int hidden, int intermediate, int top_k, int max_tokens, str mode, "
+      "str activation_scale, str device) -> int",
       &moe_workspace_bytes);
   m.def(
       "linear(Tensor x, Tensor codes, Tensor scale_codes, Tensor global_scale, "
-      "Tensor? input_scale, int out_features, int max_tokens, int quant_mode, int "
-      "activation_scale, "
+      "Tensor? input_scale, int out_features, int max_tokens, str quant_mode, "
+      "str activation_scale, "
       "Tensor(a!) workspace, Tensor(b!) errors, Tensor(c!) out) -> ()");
   m.def(
-      "linear_workspace_bytes(int in_features, int out_features, int max_tokens, int mode, "
-      "int activation_scale, str device) -> int",
+      "linear_workspace_bytes(int in_features, int out_features, int max_tokens, str mode, "
+      "str activation_scale, str device) -> int",
       &linear_workspace_bytes);
+  m.def("raise_errors(int flags, int num_experts, str what) -> ()", &raise_errors);
+  m.def(
+      "load_moe_layer(str path, int layer, str? prefix, str naming, int first_expert, "
+      "int? num_experts) -> (Tensor[], int)",
+      &load_moe_layer);
 }
 
 TORCH_LIBRARY_IMPL(nvfp4moe, CPU, m) {

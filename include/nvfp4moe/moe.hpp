@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace nvfp4moe {
@@ -42,6 +43,12 @@ const char* to_string(QuantMode mode);
 const char* to_string(ActivationScale scale);
 const char* to_string(Activation activation);
 const char* to_string(Device device);
+// The inverses, case-insensitive ("w4a16", "dynamic", "silu", ...); an Error naming `what` and
+// the accepted names otherwise.
+QuantMode parse_quant_mode(std::string_view name, std::string_view what = "mode");
+ActivationScale parse_activation_scale(std::string_view name,
+                                       std::string_view what = "activation_scale");
+Activation parse_activation(std::string_view name, std::string_view what = "activation");
 
 struct MoeConfig {
   int64_t num_experts = 0;         // global expert count: valid ids are [0, num_experts)

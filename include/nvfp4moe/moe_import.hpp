@@ -124,6 +124,12 @@ std::vector<MoeLayerInfo> find_moe_layers(const Checkpoint& checkpoint);
 // The same for one given naming.
 std::vector<MoeLayerInfo> find_moe_layers(const Checkpoint& checkpoint, const ExpertNaming& naming);
 
+// The MoE layer numbered `layer`: under `naming` when given, else the one detected layer with
+// that number (an Error listing the layers found when there is none, or asking for a naming
+// when several prefixes have one, e.g. a model's layer 0 and its MTP layer 0).
+MoeLayerInfo select_moe_layer(const Checkpoint& checkpoint, int64_t layer,
+                              const ExpertNaming* naming = nullptr);
+
 // Describes one layer under the given naming: format, experts, shapes, all checked. Errors name
 // the first missing or inconsistent tensor, or the missing expert.
 MoeLayerInfo describe_moe_layer(const Checkpoint& checkpoint, int64_t layer,

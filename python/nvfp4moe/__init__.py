@@ -21,14 +21,17 @@ from ._ops import (  # noqa: E402
     prepared_bytes,
     quantize,
 )
-from .module import Nvfp4Linear, Nvfp4MoE, fused_experts  # noqa: E402
+from . import workspace  # noqa: E402
+from .module import Nvfp4Linear, Nvfp4MoE, fused_experts, invalidate  # noqa: E402
 
 __all__ = [
     "Nvfp4Linear",
     "Nvfp4MoE",
     "check_errors",
     "fused_experts",
+    "invalidate",
     "prepare_weights",
     "prepared_bytes",
     "quantize",
+    "workspace",
 ]

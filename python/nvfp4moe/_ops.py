@@ -22,14 +22,14 @@ def _prepare_weights_fake(values, scales, gate_up, codes, scale_codes):
 def _moe_forward_fake(hidden_states, topk_ids, topk_weights, w13_codes, w13_scale_codes,
                       w13_global_scale, w2_codes, w2_scale_codes, w2_global_scale,
                       w13_input_scale, w2_input_scale, num_experts, first_local_expert, hidden,
-                      intermediate, top_k, max_tokens, quant_mode, activation_scale, activation, swiglu_limit,
-                      workspace, errors, out):
+                      intermediate, top_k, max_tokens, quant_mode, activation_scale, activation,
+                      swiglu_limit, workspace, errors, out):
     return None
 
 
 @torch.library.register_fake("nvfp4moe::linear")
-def _linear_fake(x, codes, scale_codes, global_scale, input_scale, out_features, max_tokens, quant_mode,
-                 activation_scale, workspace, errors, out):
+def _linear_fake(x, codes, scale_codes, global_scale, input_scale, out_features, max_tokens,
+                 quant_mode, activation_scale, workspace, errors, out):
     return None
 
 
@@ -39,6 +39,9 @@ def quantize(x, global_scale=None):
     Returns (values uint8 [rows, cols/2], scales float8_e4m3fn [rows, cols/16], global scale
     fp32 [1]): with global_scale None it is amax / 2688, computed on the device.
     """
+    if x.dim() != 2:
+        raise ValueError(f"nvfp4moe.quantize: x has shape {tuple(x.shape)}, expected 2-D "
+                         "[rows, cols]")
     values = torch.empty(x.shape[0], x.shape[1] // 2, dtype=torch.uint8, device=x.device)
     scales = torch.empty(x.shape[0], x.shape[1] // 16, dtype=torch.float8_e4m3fn, device=x.device)
     g = torch.empty(1, dtype=torch.float32, device=x.device)
@@ -57,6 +60,9 @@ def prepare_weights(values, scales, gate_up):
     gate_up: each matrix is [gate rows; up rows] (vLLM's w13). Load-time: it checks the scales
     on the host.
     """
+    if values.dim() not in (2, 3):
+        raise ValueError(f"nvfp4moe.prepare_weights: values has shape {tuple(values.shape)}, "
+                         "expected [rows, k/2] or [experts, rows, k/2]")
     experts = values.shape[0] if values.dim() == 3 else 1
     rows, k = values.shape[-2], values.shape[-1] * 2
     code_bytes, scale_bytes = prepared_bytes(rows, k, values.device)
@@ -66,19 +72,11 @@ def prepare_weights(values, scales, gate_up):
     return codes, scale_codes
 
 
-# Bits of the error word the CUDA ops set (src/cuda/route/route.hpp).
-_BAD_EXPERT_ID = 1
-_NON_FINITE_ACTIVATION = 2
-
-
 def check_errors(errors, num_experts):
     """Raises ValueError for input problems the GPU found since the last check (ids outside
     [-1, num_experts), NaN/Inf in W4A4 activations); their slots were skipped. Clears the word.
     Synchronizes, so call it outside CUDA-graph capture."""
     flags = int(errors.item())
     errors.zero_()
-    if flags & _BAD_EXPERT_ID:
-        raise ValueError(f"nvfp4moe: topk_ids held ids outside [-1, {num_experts}); those slots "
-                         "were skipped")
-    if flags & _NON_FINITE_ACTIVATION:
-        raise ValueError("nvfp4moe: W4A4 met NaN or Inf activations to quantize")
+    if flags:
+        _ops.raise_errors(flags, num_experts, "nvfp4moe")

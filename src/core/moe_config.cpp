@@ -1,4 +1,7 @@
 // MoeConfig validation and the names of the enums.
+#include <algorithm>
+#include <array>
+#include <cctype>
 #include <cmath>
 
 #include "core/check.hpp"
@@ -17,6 +20,44 @@ const char* to_string(Activation activation) {
 const char* to_string(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
 
 namespace {
+
+bool same_name(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+template <typename Enum, size_t N>
+Enum parse_enum(std::string_view name, std::string_view what,
+                const std::array<std::pair<const char*, Enum>, N>& names) {
+  std::string accepted;
+  for (const auto& [text, value] : names) {
+    if (same_name(name, text)) return value;
+    accepted += fmt::format("{}'{}'", accepted.empty() ? "" : ", ", text);
+  }
+  fail(ErrorKind::kInvalidArgument, "{} = '{}', expected one of {}", what, printable(name),
+       accepted);
+}
+
+}  // namespace
+
+QuantMode parse_quant_mode(std::string_view name, std::string_view what) {
+  return parse_enum<QuantMode, 2>(name, what,
+                                  {{{"w4a16", QuantMode::kW4A16}, {"w4a4", QuantMode::kW4A4}}});
+}
+
+ActivationScale parse_activation_scale(std::string_view name, std::string_view what) {
+  return parse_enum<ActivationScale, 2>(
+      name, what, {{{"dynamic", ActivationScale::kDynamic}, {"static", ActivationScale::kStatic}}});
+}
+
+Activation parse_activation(std::string_view name, std::string_view what) {
+  return parse_enum<Activation, 2>(
+      name, what, {{{"silu", Activation::kSilu}, {"swiglu_clamped", Activation::kSwigluClamped}}});
+}
+
+namespace {
 // Bounds that keep every byte count of a layer far inside int64 and size_t.
 constexpr int64_t kMaxDimension = int64_t{1} << 20;
 constexpr int64_t kMaxExperts = int64_t{1} << 16;
@@ -31,9 +72,10 @@ void MoeConfig::validate() const {
   require(num_local_experts >= 1 && num_local_experts <= num_experts, kArg,
           "MoeConfig: num_local_experts = {}, expected 1..num_experts ({})", num_local_experts,
           num_experts);
-  require(first_local_expert >= 0 && first_local_expert + num_local_experts <= num_experts, kArg,
-          "MoeConfig: local experts [{}, {}) fall outside the {} experts of the layer",
-          first_local_expert, first_local_expert + num_local_experts, num_experts);
+  require(first_local_expert >= 0 && first_local_expert <= num_experts - num_local_experts, kArg,
+          "MoeConfig: first_local_expert = {} with {} local experts falls outside the {} "
+          "experts of the layer (expected 0..{})",
+          first_local_expert, num_local_experts, num_experts, num_experts - num_local_experts);
   for (auto [name, value] :
        {std::pair{"hidden", hidden}, std::pair{"intermediate", intermediate}}) {
     require(value >= kBlockSize && value <= kMaxDimension && value % kBlockSize == 0, kArg,

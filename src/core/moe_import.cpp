@@ -642,6 +642,28 @@ std::vector<MoeLayerInfo> find_moe_layers(const Checkpoint& checkpoint,
   return layers;
 }
 
+MoeLayerInfo select_moe_layer(const Checkpoint& checkpoint, int64_t layer,
+                              const ExpertNaming* naming) {
+  if (naming != nullptr) return describe_moe_layer(checkpoint, layer, *naming);
+  std::vector<MoeLayerInfo> matches;
+  std::set<int64_t> available;
+  for (auto& found : find_moe_layers(checkpoint)) {
+    available.insert(found.layer);
+    if (found.layer == layer) matches.push_back(std::move(found));
+  }
+  require(!matches.empty(), ErrorKind::kInvalidArgument, "{}: no MoE layer {} (layers found: {})",
+          checkpoint.path().string(), layer,
+          available.empty() ? std::string("none") : join_indices(available));
+  if (matches.size() > 1) {
+    std::vector<std::string> prefixes;
+    for (const auto& match : matches) prefixes.push_back(match.naming.layer_prefix(layer));
+    fail(ErrorKind::kInvalidArgument,
+         "{}: layer {} matches several expert prefixes ({}); choose one with a prefix",
+         checkpoint.path().string(), layer, fmt::join(prefixes, ", "));
+  }
+  return std::move(matches.front());
+}
+
 // ---- Import -----------------------------------------------------------------------------------
 
 MoeWeights import_moe_layer(const Checkpoint& checkpoint, const MoeLayerInfo& layer,

@@ -262,7 +262,15 @@ TEST(CpuMoeErrors, ConfigFieldsOutOfRange) {
   EXPECT_THAT(bad([](MoeConfig& c) { c.max_tokens = 0; }), HasSubstr("max_tokens = 0"));
   EXPECT_THAT(bad([](MoeConfig& c) { c.num_experts = 0; }), HasSubstr("num_experts = 0"));
   EXPECT_THAT(bad([](MoeConfig& c) { c.first_local_expert = 6; }),
-              HasSubstr("local experts [6, 14) fall outside the 8 experts"));
+              HasSubstr("first_local_expert = 6 with 8 local experts falls outside the 8"));
+  // A first expert so large that first + count overflows is still refused.
+  EXPECT_THAT(bad([](MoeConfig& c) {
+                c.num_local_experts = 2;
+                c.first_local_expert = std::numeric_limits<int64_t>::max() - 1;
+              }),
+              HasSubstr("expected 0..6"));
+  EXPECT_THAT(bad([](MoeConfig& c) { c.first_local_expert = -1; }),
+              HasSubstr("first_local_expert = -1"));
   EXPECT_THAT(bad([](MoeConfig& c) {
                 c.activation = Activation::kSwigluClamped;
                 c.swiglu_limit = std::numeric_limits<float>::infinity();
