@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debian_packages=(
-  build-essential cmake ninja-build git python3
+  build-essential cmake ninja-build git python3 python3-venv libnuma1
   nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   clang clang-format clang-tidy libclang-rt-14-dev
 )

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test that this machine can run:
-#   - the C++ suites and the command-line tests (ctest; GPU suites skip without a GPU),
+#   - the C++ suites, the command-line tests and the PyTorch ops' CPU tests (ctest; GPU suites
+#     skip without a GPU),
+#   - the vLLM plugin in real vLLM (its CPU build, in the venv scripts/vllm_env.sh makes;
+#     NVFP4MOE_SKIP_VLLM=1 skips it),
 #   - the safetensors reader under libFuzzer for NVFP4MOE_FUZZ_SECONDS (default 60),
 #   - clang-format on every C++ and CUDA file.
 # Needs what scripts/setup.sh installs.
@@ -11,6 +14,12 @@ jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
+
+if [[ ${NVFP4MOE_SKIP_VLLM:-0} != 1 ]]; then
+  echo "== vLLM: the plugin end to end in vLLM's CPU build"
+  python=$(scripts/vllm_env.sh build/vllm-venv)
+  NVFP4MOE_BIN=$PWD/build/nvfp4moe "$python" -m pytest -q -p no:cacheprovider tests/vllm
+fi
 
 echo "== fuzzing the safetensors reader for ${NVFP4MOE_FUZZ_SECONDS:-60} s"
 cmake -S tests/fuzz -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null

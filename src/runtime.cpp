@@ -11,6 +11,7 @@
 #include "cpu/linear_cpu.hpp"
 
 #if NVFP4MOE_WITH_CUDA
+#include "cuda/linear_forward.hpp"
 #include "cuda/moe_forward.hpp"
 #include "cuda/runtime_cuda.hpp"
 #endif
@@ -49,6 +50,16 @@ size_t workspace_bytes(Device device, const MoeConfig& config) {
   if (device == Device::kCpu) return cpu_workspace_bytes(config);
 #if NVFP4MOE_WITH_CUDA
   return cuda::moe_workspace_bytes(config);
+#else
+  fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
+#endif
+}
+
+size_t linear_workspace_bytes(Device device, const LinearConfig& config) {
+  config.validate();
+  if (device == Device::kCpu) return 0;  // the CPU layer computes in its own buffers
+#if NVFP4MOE_WITH_CUDA
+  return cuda::linear_workspace_bytes(config);
 #else
   fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
 #endif

@@ -1,7 +1,8 @@
-// The torch ops of nvfp4moe. Schemas only, and adapters from tensors to the library's raw
-// pointers: every check beyond "is this tensor what the schema says" and every computation is
-// the library's. Outputs are preallocated by the caller and marked Tensor!; the fake (meta)
-// implementations live in python/nvfp4moe/_ops.py.
+// The torch ops of nvfp4moe: the schemas, and the CPU implementations as adapters from tensors to
+// the library's raw pointers (the CUDA ones are in ops_cuda.cpp, built when torch and the
+// library have CUDA). Every check beyond "is this tensor what the schema says" and every
+// computation is the library's. Outputs are preallocated by the caller and marked Tensor!; the
+// fake (meta) implementations live in python/nvfp4moe/_ops.py.
 //
 //   quantize(x, global_scale?, values!, scales!, global_scale_out!)      NVFP4 quantization
 //   prepare_weights(values, scales, gate_up, codes!, scale_codes!)        weights -> kernel layout
@@ -19,131 +20,48 @@
 // in the workspace), and on the GPU by stream order: a forward on another stream than the
 // workspace's last one first waits for that stream. Under CUDA-graph capture the caller orders
 // replays (one stream, as engines run layers).
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <array>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "core/parallel.hpp"
 #include "cuda/common/prepared_layout.hpp"
-#include "cuda/linear_forward.hpp"
-#include "cuda/moe_forward.hpp"
-#include "cuda/quant/quant.hpp"
 #include "nvfp4moe/checkpoint.hpp"
-#include "nvfp4moe/error.hpp"
-#include "nvfp4moe/linear.hpp"
-#include "nvfp4moe/moe.hpp"
 #include "nvfp4moe/moe_import.hpp"
 #include "nvfp4moe/quantize.hpp"
 #include "nvfp4moe/runtime.hpp"
+#include "ops_common.hpp"
 
 namespace nvfp4moe::torch_ops {
 
 namespace {
 
-// Library errors become Python exceptions of the matching kind.
-template <typename F>
-auto translating(F&& body) {
-  try {
-    return body();
-  } catch (const Error& e) {
-    if (e.kind() == ErrorKind::kInvalidArgument || e.kind() == ErrorKind::kInvalidFile) {
-      TORCH_CHECK_VALUE(false, e.what());
-    }
-    if (e.kind() == ErrorKind::kUnsupported) TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
-    if (e.kind() == ErrorKind::kOutOfMemory) TORCH_CHECK_WITH(OutOfMemoryError, false, e.what());
-    TORCH_CHECK(false, e.what());
-  }
+// The CPU backend's loops run on torch's intra-op thread pool (see core/parallel.hpp): engines
+// pin that pool to cores, and threads of our own beside it made a vLLM CPU forward 10x slower.
+void torch_parallel_for(int64_t count, const std::function<void(int64_t)>& body) {
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body(i);
+  });
 }
 
-void expect(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "nvfp4moe: ", name, " must be ", dtype, ", got ",
-                   t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == device, "nvfp4moe: ", name, " is on ", t.device(),
-                    " but the other inputs are on ", device);
-  TORCH_CHECK_VALUE(t.is_contiguous(), "nvfp4moe: ", name, " must be contiguous");
+const bool parallel_backend_installed = [] {
+  set_parallel_backend(&torch_parallel_for);
+  return true;
+}();
+
+}  // namespace
+
+WorkspaceStripe& workspace_stripe(const at::Tensor& workspace) {
+  constexpr size_t kStripes = 64;
+  static auto* stripes = new std::array<WorkspaceStripe, kStripes>();  // lives past exit's ops
+  return (*stripes)[std::hash<const void*>{}(workspace.data_ptr()) % kStripes];
 }
-
-void expect_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(t.sizes() == shape, "nvfp4moe: ", name, " has shape ", t.sizes(), ", expected ",
-                    shape);
-}
-
-void expect_bytes(const at::Tensor& t, const char* name, int64_t bytes) {
-  TORCH_CHECK_VALUE(t.nbytes() == size_t(bytes), "nvfp4moe: ", name, " has ", t.nbytes(),
-                    " bytes, expected ", bytes);
-}
-
-// Block scales may arrive as uint8 or as float8_e4m3fn (ModelOpt checkpoints): same bytes.
-void expect_scales(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kByte || t.scalar_type() == at::kFloat8_e4m3fn,
-                   "nvfp4moe: ", name, " must be uint8 or float8_e4m3fn, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == device, "nvfp4moe: ", name, " is on ", t.device(),
-                    " but the other inputs are on ", device);
-  TORCH_CHECK_VALUE(t.is_contiguous(), "nvfp4moe: ", name, " must be contiguous");
-}
-
-template <typename T>
-T* ptr(const at::Tensor& t) {
-  return static_cast<T*>(t.data_ptr());
-}
-
-cudaStream_t stream_of(const at::Tensor& t) {
-  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-
-// Holds a workspace for one forward (see the file's header). Workspaces hash to one of a fixed
-// set of stripes, so the state stays bounded however many are made and freed.
-class WorkspaceUse {
- public:
-  WorkspaceUse(const at::Tensor& workspace, cudaStream_t stream)
-      : stripe_(stripes()[std::hash<const void*>{}(workspace.data_ptr()) % kStripes]),
-        lock_(stripe_.mutex) {
-    if (!workspace.is_cuda()) return;
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-    if (capturing != cudaStreamCaptureStatusNone) return;
-    const int device = workspace.device().index();
-    if (stripe_.last != nullptr && stripe_.device == device && stripe_.last != stream) {
-      cudaStreamCaptureStatus last_capturing = cudaStreamCaptureStatusNone;
-      C10_CUDA_CHECK(cudaStreamIsCapturing(stripe_.last, &last_capturing));
-      if (last_capturing == cudaStreamCaptureStatusNone) {
-        if (stripe_.event == nullptr || stripe_.event_device != device) {
-          if (stripe_.event != nullptr) (void)cudaEventDestroy(stripe_.event);
-          C10_CUDA_CHECK(cudaEventCreateWithFlags(&stripe_.event, cudaEventDisableTiming));
-          stripe_.event_device = device;
-        }
-        C10_CUDA_CHECK(cudaEventRecord(stripe_.event, stripe_.last));
-        C10_CUDA_CHECK(cudaStreamWaitEvent(stream, stripe_.event, 0));
-      }
-    }
-    stripe_.last = stream;
-    stripe_.device = device;
-  }
-
- private:
-  static constexpr size_t kStripes = 64;
-  struct Stripe {
-    std::mutex mutex;
-    cudaStream_t last = nullptr;  // the stream of the last forward on this stripe
-    int device = -1;
-    cudaEvent_t event = nullptr;
-    int event_device = -1;
-  };
-  static std::array<Stripe, kStripes>& stripes() {
-    static auto* all = new std::array<Stripe, kStripes>();  // never destroyed: ops may run at exit
-    return *all;
-  }
-  Stripe& stripe_;
-  std::lock_guard<std::mutex> lock_;
-};
 
 MoeConfig moe_config(int64_t num_experts, int64_t num_local_experts, int64_t first_local_expert,
                      int64_t hidden, int64_t intermediate, int64_t top_k, int64_t max_tokens,
@@ -167,8 +85,6 @@ MoeConfig moe_config(int64_t num_experts, int64_t num_local_experts, int64_t fir
   });
 }
 
-// ---- quantize ------------------------------------------------------------------------------
-
 void quantize_common(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales,
                      const at::Tensor& global_scale_out) {
   TORCH_CHECK_VALUE(x.dim() == 2, "nvfp4moe.quantize: x must be 2-D [rows, cols], got ", x.dim(),
@@ -187,59 +103,6 @@ void quantize_common(const at::Tensor& x, const at::Tensor& values, const at::Te
                     "nvfp4moe.quantize: global_scale_out must "
                     "hold one element");
 }
-
-void quantize_cpu(const at::Tensor& x, std::optional<double> global_scale, at::Tensor values,
-                  at::Tensor scales, at::Tensor global_scale_out) {
-  quantize_common(x, values, scales, global_scale_out);
-  translating([&] {
-    const at::Tensor x32 = x.to(at::kFloat).contiguous();
-    const std::span<const float> input(ptr<const float>(x32), size_t(x32.numel()));
-    const float g =
-        global_scale
-            ? static_cast<float>(*global_scale)
-            : nvfp4_dynamic_global_scale(finite_amax(input, "nvfp4moe.quantize: x", x.size(1)));
-    quantize_nvfp4(input, x.size(0), x.size(1), g, std::span(ptr<uint8_t>(values), values.nbytes()),
-                   std::span(ptr<uint8_t>(scales), scales.nbytes()));
-    *ptr<float>(global_scale_out) = g;
-  });
-}
-
-void quantize_cuda(const at::Tensor& x, std::optional<double> global_scale, at::Tensor values,
-                   at::Tensor scales, at::Tensor global_scale_out) {
-  quantize_common(x, values, scales, global_scale_out);
-  if (x.numel() == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = stream_of(x);
-  cuda::QuantizeSource source;
-  source.input = x.data_ptr();
-  source.input_is_f32 = x.scalar_type() == at::kFloat;
-  source.input_row_stride = x.size(1);
-  source.max_rows = x.size(0);
-  source.cols = static_cast<int32_t>(x.size(1));
-  auto* out_g = ptr<float>(global_scale_out);
-  translating([&] {
-    if (global_scale) {
-      const auto g = static_cast<float>(*global_scale);
-      TORCH_CHECK_VALUE(std::isfinite(g) && g > 0, "nvfp4moe.quantize: global_scale ", g,
-                        " must be finite and > 0");
-      source.scale_source = cuda::ActivationScaleSource::kOne;
-      source.static_scale = g;
-      global_scale_out.fill_(g);
-    } else {
-      // The amax goes through global_scale_out's bytes, then becomes the scale in place.
-      auto* amax = reinterpret_cast<uint32_t*>(out_g);
-      C10_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream));
-      C10_CUDA_CHECK(cuda::launch_amax(source, amax, stream));
-      source.scale_source = cuda::ActivationScaleSource::kFromAmax;
-      source.amax_bits = amax;
-    }
-    C10_CUDA_CHECK(
-        cuda::launch_quantize_nvfp4(source, ptr<uint8_t>(values), ptr<uint8_t>(scales), stream));
-    if (!global_scale) C10_CUDA_CHECK(cuda::launch_amax_to_global_scale(out_g, stream));
-  });
-}
-
-// ---- weight preparation --------------------------------------------------------------------
 
 std::tuple<int64_t, int64_t> prepared_bytes(int64_t rows, int64_t k, c10::string_view device) {
   TORCH_CHECK_VALUE(rows % 16 == 0 && k % 16 == 0 && rows > 0 && k > 0,
@@ -283,27 +146,7 @@ void prepare_common(const at::Tensor& values, const at::Tensor& scales, bool gat
   });
 }
 
-void prepare_weights_cpu(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
-                         at::Tensor codes, at::Tensor scale_codes) {
-  int64_t experts, rows, k;
-  prepare_common(values, scales, gate_up, codes, scale_codes, experts, rows, k);
-  codes.view({-1}).copy_(values.view({-1}));
-  scale_codes.view({-1}).copy_(scales.view(at::kByte).view({-1}));
-}
-
-void prepare_weights_cuda(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
-                          at::Tensor codes, at::Tensor scale_codes) {
-  int64_t experts, rows, k;
-  prepare_common(values, scales, gate_up, codes, scale_codes, experts, rows, k);
-  const c10::cuda::CUDAGuard guard(values.device());
-  translating([&] {
-    cuda::prepare_matrices(ptr<const uint8_t>(values), ptr<const uint8_t>(scales), experts, rows, k,
-                           gate_up, ptr<uint8_t>(codes), ptr<uint8_t>(scale_codes),
-                           stream_of(values));
-  });
-}
-
-// ---- MoE forward ---------------------------------------------------------------------------
+namespace {
 
 struct MoeTensors {
   const at::Tensor& hidden;
@@ -381,18 +224,6 @@ int64_t moe_workspace_bytes(int64_t num_experts, int64_t num_local_experts,
   });
 }
 
-#define NVFP4MOE_MOE_ARGS                                                                        \
-  const at::Tensor &hidden, const at::Tensor &topk_ids, const at::Tensor &topk_weights,          \
-      const at::Tensor &w13_codes, const at::Tensor &w13_scale_codes,                            \
-      const at::Tensor &w13_global_scale, const at::Tensor &w2_codes,                            \
-      const at::Tensor &w2_scale_codes, const at::Tensor &w2_global_scale,                       \
-      const std::optional<at::Tensor>&w13_input_scale,                                           \
-      const std::optional<at::Tensor>&w2_input_scale, int64_t num_experts,                       \
-      int64_t first_local_expert, int64_t hidden_size, int64_t intermediate, int64_t top_k,      \
-      int64_t max_tokens, c10::string_view mode, c10::string_view activation_scale,              \
-      c10::string_view activation, double swiglu_limit, at::Tensor workspace, at::Tensor errors, \
-      at::Tensor out
-
 MoeConfig config_from(const at::Tensor& hidden, const at::Tensor& topk_ids,
                       const at::Tensor& w2_global_scale, int64_t num_experts,
                       int64_t first_local_expert, int64_t hidden_size, int64_t intermediate,
@@ -412,19 +243,8 @@ MoeConfig config_from(const at::Tensor& hidden, const at::Tensor& topk_ids,
                     swiglu_limit);
 }
 
-#define NVFP4MOE_MOE_ARG_NAMES                                                                  \
-  hidden, topk_ids, topk_weights, w13_codes, w13_scale_codes, w13_global_scale, w2_codes,       \
-      w2_scale_codes, w2_global_scale, w13_input_scale, w2_input_scale, num_experts,            \
-      first_local_expert, hidden_size, intermediate, top_k, max_tokens, mode, activation_scale, \
-      activation, swiglu_limit, workspace, errors, out
+}  // namespace
 
-struct CheckedMoe {
-  MoeConfig config;
-  int64_t tokens;
-};
-
-// Everything both backends check before computing: the config, every tensor against it, and
-// the workspace against workspace_bytes for the device.
 CheckedMoe check_moe_call(NVFP4MOE_MOE_ARGS) {
   const MoeConfig c = config_from(hidden, topk_ids, w2_global_scale, num_experts,
                                   first_local_expert, hidden_size, intermediate, top_k, max_tokens,
@@ -444,52 +264,6 @@ CheckedMoe check_moe_call(NVFP4MOE_MOE_ARGS) {
   return {c, tokens};
 }
 
-void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
-  const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
-  const WorkspaceUse use(workspace, nullptr);
-  translating([&] {
-    MoeWeightsView w;
-    w.gate_up_values = ptr<const uint8_t>(w13_codes);
-    w.gate_up_scales = ptr<const uint8_t>(w13_scale_codes);
-    w.gate_global_scale = ptr<const float>(w13_global_scale);
-    w.up_global_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
-    w.down_values = ptr<const uint8_t>(w2_codes);
-    w.down_scales = ptr<const uint8_t>(w2_scale_codes);
-    w.down_global_scale = ptr<const float>(w2_global_scale);
-    w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
-    w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
-    auto runner = make_cpu_runner(c, w);
-    runner->forward({tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
-                     ptr<const float>(topk_weights), ptr<uint16_t>(out)},
-                    workspace.data_ptr(), nullptr);
-  });
-}
-
-void moe_forward_cuda(NVFP4MOE_MOE_ARGS) {
-  const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
-  const c10::cuda::CUDAGuard guard(hidden.device());
-  const WorkspaceUse use(workspace, stream_of(hidden));
-  translating([&] {
-    cuda::PreparedMoeWeights w;
-    w.gate_up_codes = ptr<const uint8_t>(w13_codes);
-    w.gate_up_scales = ptr<const uint8_t>(w13_scale_codes);
-    w.down_codes = ptr<const uint8_t>(w2_codes);
-    w.down_scales = ptr<const uint8_t>(w2_scale_codes);
-    w.gate_scale = ptr<const float>(w13_global_scale);
-    w.up_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
-    w.down_scale = ptr<const float>(w2_global_scale);
-    w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
-    w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
-    cuda::moe_forward(c, w,
-                      {tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
-                       ptr<const float>(topk_weights), ptr<uint16_t>(out)},
-                      nullptr, workspace.data_ptr(),
-                      reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(hidden));
-  });
-}
-
-// ---- dense linear --------------------------------------------------------------------------
-
 LinearConfig linear_config(int64_t in_features, int64_t out_features, int64_t max_tokens,
                            c10::string_view mode, c10::string_view activation_scale) {
   return translating([&] {
@@ -506,8 +280,13 @@ int64_t linear_workspace_bytes(int64_t in_features, int64_t out_features, int64_
                                c10::string_view device) {
   const LinearConfig c =
       linear_config(in_features, out_features, max_tokens, mode, activation_scale);
-  return device == "cpu" ? 0 : static_cast<int64_t>(cuda::linear_workspace_bytes(c));
+  return translating([&] {
+    return static_cast<int64_t>(
+        nvfp4moe::linear_workspace_bytes(device == "cpu" ? Device::kCpu : Device::kCuda, c));
+  });
 }
+
+namespace {
 
 void check_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale_codes,
                   const at::Tensor& global_scale, const std::optional<at::Tensor>& input_scale,
@@ -534,17 +313,71 @@ void check_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor
   expect_shape(out, "out", {x.size(0), c.out_features});
 }
 
-#define NVFP4MOE_LINEAR_ARGS                                                       \
-  const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scale_codes,     \
-      const at::Tensor &global_scale, const std::optional<at::Tensor>&input_scale, \
-      int64_t out_features, int64_t max_tokens, c10::string_view mode,             \
-      c10::string_view activation_scale, at::Tensor workspace, at::Tensor errors, at::Tensor out
+}  // namespace
 
-void linear_cpu(NVFP4MOE_LINEAR_ARGS) {
+LinearConfig check_linear_call(NVFP4MOE_LINEAR_ARGS) {
   const LinearConfig c =
       linear_config(x.size(-1), out_features, max_tokens, mode, activation_scale);
   check_linear(x, codes, scale_codes, global_scale, input_scale, c, errors, out);
-  const WorkspaceUse use(workspace, nullptr);
+  expect(workspace, "workspace", at::kByte, x.device());
+  const size_t needed = translating([&] {
+    return nvfp4moe::linear_workspace_bytes(x.is_cuda() ? Device::kCuda : Device::kCpu, c);
+  });
+  TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe.linear: workspace has ",
+                    workspace.nbytes(), " bytes, the layer needs ", needed);
+  return c;
+}
+
+namespace {
+
+void quantize_cpu(const at::Tensor& x, std::optional<double> global_scale, at::Tensor values,
+                  at::Tensor scales, at::Tensor global_scale_out) {
+  quantize_common(x, values, scales, global_scale_out);
+  translating([&] {
+    const at::Tensor x32 = x.to(at::kFloat).contiguous();
+    const std::span<const float> input(ptr<const float>(x32), size_t(x32.numel()));
+    const float g =
+        global_scale
+            ? static_cast<float>(*global_scale)
+            : nvfp4_dynamic_global_scale(finite_amax(input, "nvfp4moe.quantize: x", x.size(1)));
+    quantize_nvfp4(input, x.size(0), x.size(1), g, std::span(ptr<uint8_t>(values), values.nbytes()),
+                   std::span(ptr<uint8_t>(scales), scales.nbytes()));
+    *ptr<float>(global_scale_out) = g;
+  });
+}
+
+void prepare_weights_cpu(const at::Tensor& values, const at::Tensor& scales, bool gate_up,
+                         at::Tensor codes, at::Tensor scale_codes) {
+  int64_t experts, rows, k;
+  prepare_common(values, scales, gate_up, codes, scale_codes, experts, rows, k);
+  codes.view({-1}).copy_(values.view({-1}));
+  scale_codes.view({-1}).copy_(scales.view(at::kByte).view({-1}));
+}
+
+void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
+  const auto [c, tokens] = check_moe_call(NVFP4MOE_MOE_ARG_NAMES);
+  const WorkspaceUse use(workspace);
+  translating([&] {
+    MoeWeightsView w;
+    w.gate_up_values = ptr<const uint8_t>(w13_codes);
+    w.gate_up_scales = ptr<const uint8_t>(w13_scale_codes);
+    w.gate_global_scale = ptr<const float>(w13_global_scale);
+    w.up_global_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
+    w.down_values = ptr<const uint8_t>(w2_codes);
+    w.down_scales = ptr<const uint8_t>(w2_scale_codes);
+    w.down_global_scale = ptr<const float>(w2_global_scale);
+    w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
+    w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
+    auto runner = make_cpu_runner(c, w);
+    runner->forward({tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
+                     ptr<const float>(topk_weights), ptr<uint16_t>(out)},
+                    workspace.data_ptr(), nullptr);
+  });
+}
+
+void linear_cpu(NVFP4MOE_LINEAR_ARGS) {
+  const LinearConfig c = check_linear_call(NVFP4MOE_LINEAR_ARG_NAMES);
+  const WorkspaceUse use(workspace);
   translating([&] {
     const NvFp4View weight{ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
                            *ptr<const float>(global_scale), c.out_features, c.in_features};
@@ -554,28 +387,25 @@ void linear_cpu(NVFP4MOE_LINEAR_ARGS) {
   });
 }
 
-void linear_cuda(NVFP4MOE_LINEAR_ARGS) {
-  const LinearConfig c =
-      linear_config(x.size(-1), out_features, max_tokens, mode, activation_scale);
-  check_linear(x, codes, scale_codes, global_scale, input_scale, c, errors, out);
-  const auto needed = cuda::linear_workspace_bytes(c);
-  TORCH_CHECK_VALUE(workspace.nbytes() >= needed, "nvfp4moe.linear: workspace has ",
-                    workspace.nbytes(), " bytes, the layer needs ", needed);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const WorkspaceUse use(workspace, stream_of(x));
-  translating([&] {
-    cuda::linear_forward(c, ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
-                         ptr<const float>(global_scale),
-                         input_scale ? ptr<const float>(*input_scale) : nullptr, x.size(0),
-                         ptr<const uint16_t>(x), ptr<uint16_t>(out), workspace.data_ptr(),
-                         reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(x));
-  });
-}
-
 // Raises the Python exception for the bits of an error word read back from a device.
 void raise_errors(int64_t flags, int64_t num_experts, c10::string_view what) {
   translating([&] {
-    cuda::raise_device_errors(static_cast<uint32_t>(flags), num_experts, std::string(what).c_str());
+    raise_device_errors(static_cast<uint32_t>(flags), num_experts, std::string(what).c_str());
+  });
+}
+
+// The checkpoint format a quantization config declares: "modelopt", "compressed-tensors" or
+// "other"; an NVFP4 producer's config that describes anything else raises, naming the field.
+std::string quantization_format(c10::string_view json_text, c10::string_view source) {
+  return translating([&] {
+    switch (parse_quantization_config(json_text, source).method) {
+      case QuantizationConfig::Method::kModelOpt:
+        return std::string("modelopt");
+      case QuantizationConfig::Method::kCompressedTensors:
+        return std::string("compressed-tensors");
+      default:
+        return std::string("other");
+    }
   });
 }
 
@@ -666,6 +496,7 @@ TORCH_LIBRARY(nvfp4moe, m) {
       "str activation_scale, str device) -> int",
       &linear_workspace_bytes);
   m.def("raise_errors(int flags, int num_experts, str what) -> ()", &raise_errors);
+  m.def("quantization_format(str json, str source) -> str", &quantization_format);
   m.def(
       "load_moe_layer(str path, int layer, str? prefix, str naming, int first_expert, "
       "int? num_experts) -> (Tensor[], int)",
@@ -677,13 +508,6 @@ TORCH_LIBRARY_IMPL(nvfp4moe, CPU, m) {
   m.impl("prepare_weights", &prepare_weights_cpu);
   m.impl("moe_forward", &moe_forward_cpu);
   m.impl("linear", &linear_cpu);
-}
-
-TORCH_LIBRARY_IMPL(nvfp4moe, CUDA, m) {
-  m.impl("quantize", &quantize_cuda);
-  m.impl("prepare_weights", &prepare_weights_cuda);
-  m.impl("moe_forward", &moe_forward_cuda);
-  m.impl("linear", &linear_cuda);
 }
 
 }  // namespace nvfp4moe::torch_ops

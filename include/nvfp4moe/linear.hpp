@@ -35,6 +35,9 @@ class Nvfp4Linear {
   virtual void check_errors(void* stream) { (void)stream; }
 };
 
+// Bytes of scratch memory a forward of the layer needs on `device`: a pure function of the config.
+size_t linear_workspace_bytes(Device device, const LinearConfig& config);
+
 // `weight` is host memory [out_features, in_features]; the CPU layer reads it in place (keep it
 // alive), the CUDA layer copies it. `input_scale` is the static W4A4 activation scale.
 std::unique_ptr<Nvfp4Linear> make_linear(Device device, const LinearConfig& config,

@@ -149,6 +149,14 @@ class MoeRunner {
   virtual void check_errors(void* stream) { (void)stream; }
 };
 
+// Bits of the error word a device forward sets for input problems it meets and skips without
+// stopping (the CPU backend throws instead).
+inline constexpr uint32_t kErrorBadExpertId = 1u;          // topk_ids outside [-1, num_experts)
+inline constexpr uint32_t kErrorNonFiniteActivation = 2u;  // W4A4 met NaN/Inf to quantize
+// Throws Error (kInvalidArgument) for the bits of an error word read back from a device; `what`
+// names the layer or op in the message.
+void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what);
+
 // Bytes of scratch memory a forward needs on `device`: a pure function of the config (the
 // same as MoeRunner::workspace_bytes of a runner made with it).
 size_t workspace_bytes(Device device, const MoeConfig& config);

@@ -96,6 +96,9 @@ struct QuantizationConfig {
 // scales (ModelOpt quant_algo NVFP4; compressed-tensors nvfp4-pack-quantized, float, 4 bits,
 // tensor_group, group_size 16, compressed).
 QuantizationConfig read_quantization_config(const Checkpoint& checkpoint);
+// The same checks for a quantization config given as JSON text (config.json's
+// `quantization_config` object, or hf_quant_config.json's content), as engines hand it over.
+QuantizationConfig parse_quantization_config(std::string_view json_text, std::string_view source);
 
 struct MoeLayerInfo {
   int64_t layer = 0;

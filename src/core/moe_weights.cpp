@@ -187,3 +187,14 @@ void validate_forward_args(const MoeConfig& config, const MoeForwardArgs& args) 
 }
 
 }  // namespace nvfp4moe
+
+namespace nvfp4moe {
+
+void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what) {
+  require(!(flags & kErrorBadExpertId), ErrorKind::kInvalidArgument,
+          "{}: topk_ids held ids outside [-1, {}); those slots were skipped", what, num_experts);
+  require(!(flags & kErrorNonFiniteActivation), ErrorKind::kInvalidArgument,
+          "{}: W4A4 met NaN or Inf activations to quantize", what);
+}
+
+}  // namespace nvfp4moe

@@ -1,5 +1,7 @@
 #include "core/parallel.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -10,16 +12,28 @@
 
 namespace nvfp4moe {
 
+namespace {
+std::atomic<ParallelBackend> backend{nullptr};
+}  // namespace
+
 int host_thread_count() {
   if (const char* env = std::getenv("NVFP4MOE_CPU_THREADS")) {
     const int requested = std::atoi(env);
     if (requested > 0) return requested;
   }
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) return std::max(1, CPU_COUNT(&allowed));
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+void set_parallel_backend(ParallelBackend installed) { backend = installed; }
+
 void parallel_for(int64_t count, const std::function<void(int64_t)>& body) {
   if (count <= 0) return;
+  if (const ParallelBackend installed = backend.load()) {
+    installed(count, body);
+    return;
+  }
   const int64_t num_threads = std::min<int64_t>(host_thread_count(), count);
   if (num_threads == 1) {
     for (int64_t i = 0; i < count; ++i) body(i);

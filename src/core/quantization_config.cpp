@@ -152,7 +152,33 @@ void check_compressed_tensors(const json& config, const std::string& where,
   }
 }
 
+// A `quantization_config` object (or hf_quant_config.json's whole content, `where` empty).
+QuantizationConfig classify(const json& quant, std::string file, const std::string& where) {
+  QuantizationConfig out;
+  out.file = std::move(file);
+  const std::string method = lower(string_or_empty(field(quant, "quant_method")));
+  const bool modelopt_producer =
+      string_or_empty(field(field(quant, "producer"), "name")) == "modelopt";
+  if (method.starts_with("modelopt") || modelopt_producer || where.empty()) {
+    check_modelopt(quant, where, out);
+  } else if (method == "compressed-tensors" || method == "compressed_tensors") {
+    check_compressed_tensors(quant, where, out);
+  } else {
+    out.method = QuantizationConfig::Method::kOther;
+    out.fields.emplace_back("quant_method", method.empty() ? "(none)" : printable(method));
+  }
+  return out;
+}
+
 }  // namespace
+
+QuantizationConfig parse_quantization_config(std::string_view json_text, std::string_view source) {
+  const json quant = parse_json(json_text, source, kMaxConfigDepth);
+  require(quant.is_object(), kFile, "{}: the quantization config is not a JSON object", source);
+  const bool legacy_modelopt =
+      field(quant, "quantization").is_object() && field(quant, "quant_method").is_null();
+  return classify(quant, std::string(source), legacy_modelopt ? "" : "quantization_config");
+}
 
 QuantizationConfig read_quantization_config(const Checkpoint& checkpoint) {
   QuantizationConfig out;

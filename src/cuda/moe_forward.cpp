@@ -291,11 +291,4 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
                "combine rounding");
 }
 
-void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what) {
-  require(!(flags & kErrorBadExpertId), ErrorKind::kInvalidArgument,
-          "{}: topk_ids held ids outside [-1, {}); those slots were skipped", what, num_experts);
-  require(!(flags & kErrorNonFiniteActivation), ErrorKind::kInvalidArgument,
-          "{}: W4A4 met NaN or Inf activations to quantize", what);
-}
-
 }  // namespace nvfp4moe::cuda

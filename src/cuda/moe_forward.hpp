@@ -59,7 +59,4 @@ void moe_forward(const MoeConfig& config, const PreparedMoeWeights& weights,
                  const MoeForwardArgs& args, float* sums, void* workspace, uint32_t* error_flags,
                  cudaStream_t stream, const ForwardExtras& extras = {});
 
-// Throws Error for the bits of an error word read back from the device.
-void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what);
-
 }  // namespace nvfp4moe::cuda

@@ -8,12 +8,13 @@
 #include <cstdint>
 
 #include "cuda/gemm/gemm_params.hpp"
+#include "nvfp4moe/moe.hpp"
 
 namespace nvfp4moe::cuda {
 
-// Bits of the runner's device error word.
-inline constexpr uint32_t kErrorBadExpertId = 1u;          // topk_ids outside [-1, num_experts)
-inline constexpr uint32_t kErrorNonFiniteActivation = 2u;  // W4A4 met NaN/Inf to quantize
+// Bits of the runner's device error word (public: nvfp4moe/moe.hpp).
+using nvfp4moe::kErrorBadExpertId;
+using nvfp4moe::kErrorNonFiniteActivation;
 
 struct RouteParams {
   const int32_t* topk_ids = nullptr;  // [T, k] global ids
