@@ -13,6 +13,8 @@ if [[ ! -x $build/tests/test_cuda ]]; then
   cmake --build "$build" -j "$(nproc)"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+# The checkpoint fixtures ctest writes (tests/fixtures/make_fixtures.py), read by the format tests.
+export NVFP4MOE_FIXTURES=${NVFP4MOE_FIXTURES:-$(cd "$build" && pwd)/tests/fixtures}
 # The all-to-all transport needs NCCL's device API as built against (2.28.9 or newer of 2.28);
 # PyTorch's wheel often carries a newer NCCL than the system's, so use it unless told otherwise.
 if [[ -z ${NVFP4MOE_NCCL:-} ]]; then
@@ -41,7 +43,7 @@ run "gpu tests" "$build/tests/test_cuda" --gtest_brief=1
 # The heuristic picks one tile shape per size; force each through the GEMM and MoE checks.
 for shape in small wgmma16 wgmma32 wgmma64 wgmma128; do
   run "gpu tests, $shape tiles" env NVFP4MOE_GEMM_SHAPE=$shape "$build/tests/test_cuda" \
-    --gtest_brief=1 --gtest_filter='CudaLinear*:*CudaMoe.*:CudaGraph*'
+    --gtest_brief=1 --gtest_filter='CudaLinear*:*CudaMoe.*:CudaGraph*:*CudaCheckpoint*'
 done
 if [[ ${NVFP4MOE_SKIP_SANITIZER:-0} != 1 ]]; then
   # The NCCL tests stay out: NCCL's own peer-access calls return errors by design
