@@ -11,9 +11,11 @@ debian_packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
   clang clang-format clang-tidy libclang-rt-14-dev
 )
-# compressed-tensors writes the test fixtures of its own format (its 0.17.0 wheel does not
-# declare psutil, which it imports).
-python_packages=(safetensors numpy pytest "torch==2.11.0" "compressed-tensors==0.17.0" psutil)
+# The producers' own packages are the tests' oracles: compressed-tensors writes the fixtures of
+# its format (its 0.17.0 wheel does not declare psutil, which it imports), and ModelOpt's NVFP4
+# quantizer checks that `quantize` writes its bytes.
+python_packages=(safetensors numpy pytest "torch==2.11.0" "compressed-tensors==0.17.0" psutil
+  "nvidia-modelopt==0.47.0")
 
 missing=()
 for p in "${debian_packages[@]}"; do
@@ -27,7 +29,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c "import safetensors, numpy, pytest, torch, compressed_tensors" 2>/dev/null; then
+if ! python3 -c "import safetensors, numpy, pytest, torch, compressed_tensors, modelopt" \
+  2>/dev/null; then
   echo "setup: installing PyPI packages: ${python_packages[*]}"
   python3 -m pip install -q "${python_packages[@]}"
 fi

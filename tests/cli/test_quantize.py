@@ -116,6 +116,37 @@ def test_compressed_tensors_output_round_trips(tmp_path):
     assert "NVFP4/compressed-tensors" in run("inspect", out).stdout
 
 
+def test_quantize_writes_modelopts_bytes(tmp_path):
+    """ModelOpt's own NVFP4 quantizer (nvidia-modelopt's NVFP4QTensor) on every expert weight,
+    with the global scale gate and up share, gives the bytes `quantize` wrote. (The fixture's
+    Gaussian weights hold none of the blocks where the producers' conventions differ.)"""
+    import torch
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from modelopt.torch.quantization.qtensor import NVFP4QTensor
+    from safetensors.torch import load_file
+
+    out = tmp_path / "q"
+    run("quantize", BF16, out)
+    ours, originals = {}, {}
+    for shard in os.listdir(out):
+        if shard.endswith(".safetensors"):
+            ours.update(load_file(out / shard))
+            originals.update(load_file(os.path.join(BF16, shard)))
+    checked = 0
+    for name, weight in originals.items():
+        if ".experts." not in name:
+            continue
+        base = name[: -len(".weight")]
+        g = ours[base + ".weight_scale_2"].reshape(1)
+        packed, scales, _ = NVFP4QTensor.quantize(weight, 16, weights_scaling_factor_2=g)
+        assert torch.equal(packed._quantized_data, ours[base + ".weight"]), name
+        assert torch.equal(scales.view(torch.uint8), ours[base + ".weight_scale"].view(torch.uint8)), name
+        checked += 1
+    assert checked == 48
+
+
 def test_both_formats_compute_the_same_layer(tmp_path):
     """ModelOpt and compressed-tensors outputs of one BF16 input: the reciprocal storage of
     compressed-tensors may move g by an ulp, so the layers agree to bf16 rounding."""
