@@ -247,6 +247,28 @@ std::set<int64_t> expert_indices(const Checkpoint& checkpoint, const ExpertNamin
 
 // ---- Checks -----------------------------------------------------------------------------------
 
+void check_dimensions(const MoeLayerInfo& info, const std::string& source) {
+  require(info.hidden % 16 == 0 && info.intermediate % 16 == 0 && info.hidden > 0 &&
+              info.intermediate > 0 && info.num_experts >= 1 && info.num_experts <= kMaxExperts,
+          kFile,
+          "{}: layer {} has {} experts, hidden {} and intermediate {}; expected 1..{} experts and "
+          "dimensions that are positive multiples of 16",
+          source, info.layer, info.num_experts, info.hidden, info.intermediate, kMaxExperts);
+}
+
+// A layer's experts are numbered 0 .. n-1: one missing in the middle is an error, not a
+// smaller layer.
+void check_no_gap(const std::set<int64_t>& experts, const MoeLayerInfo& info,
+                  const std::string& source) {
+  if (experts.empty() || *experts.rbegin() + 1 == static_cast<int64_t>(experts.size())) return;
+  int64_t missing = 0;
+  while (experts.count(missing)) ++missing;
+  fail(kFile,
+       "{}: layer {} ('{}'): experts {} are present but expert {} is missing; a layer's experts "
+       "must be numbered 0 to n-1",
+       source, info.layer, info.naming.layer_prefix(info.layer), join_indices(experts), missing);
+}
+
 class LayerChecker {
  public:
   LayerChecker(const Checkpoint& checkpoint, const MoeLayerInfo& info)
@@ -386,12 +408,7 @@ void check_nvfp4_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
     info.intermediate = first.shape[1] / 2;
     info.hidden = 2 * first.shape[2];
   }
-  require(info.hidden % 16 == 0 && info.intermediate % 16 == 0 && info.hidden > 0 &&
-              info.intermediate > 0 && info.num_experts >= 1 && info.num_experts <= kMaxExperts,
-          kFile,
-          "{}: layer {} has {} experts, hidden {} and intermediate {}; expected 1..{} experts and "
-          "dimensions that are positive multiples of 16",
-          source, info.layer, info.num_experts, info.hidden, info.intermediate, kMaxExperts);
+  check_dimensions(info, source);
   info.has_input_scales = checkpoint.contains(name(0, Projection::kGate, TensorRole::kInputScale));
 
   const int64_t h = info.hidden;
@@ -431,14 +448,7 @@ void check_nvfp4_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
   }
 
   // Per expert: 0 .. n-1, each with every tensor.
-  if (!experts.empty() && *experts.rbegin() + 1 != static_cast<int64_t>(experts.size())) {
-    int64_t missing = 0;
-    while (experts.count(missing)) ++missing;
-    fail(kFile,
-         "{}: layer {} ('{}'): experts {} are present but expert {} is missing; a layer's "
-         "experts must be numbered 0 to n-1",
-         source, info.layer, info.naming.layer_prefix(info.layer), join_indices(experts), missing);
-  }
+  check_no_gap(experts, info, source);
   for (int64_t e = 0; e < info.num_experts; ++e) {
     for (const Shape& s : {Shape{Projection::kGate, i, h}, Shape{Projection::kUp, i, h},
                            Shape{Projection::kDown, h, i}}) {
@@ -474,15 +484,7 @@ void check_other_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
   const bool per_expert = info.naming.layout == ExpertLayout::kPerExpert;
   if (per_expert) {
     info.num_experts = static_cast<int64_t>(experts.size());
-    if (!experts.empty() && *experts.rbegin() + 1 != info.num_experts) {
-      int64_t missing = 0;
-      while (experts.count(missing)) ++missing;
-      fail(kFile,
-           "{}: layer {} ('{}'): experts {} are present but expert {} is missing; a layer's "
-           "experts must be numbered 0 to n-1",
-           source, info.layer, info.naming.layer_prefix(info.layer), join_indices(experts),
-           missing);
-    }
+    check_no_gap(experts, info, source);
   } else if (!shape.empty()) {
     info.num_experts = shape[0];
   }
@@ -508,12 +510,7 @@ void check_other_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
   if (info.format != ExpertFormat::kUnquantized) return;
 
   // Unquantized experts are the input of `quantize`: every projection must be there.
-  require(info.hidden % 16 == 0 && info.intermediate % 16 == 0 && info.hidden > 0 &&
-              info.intermediate > 0 && info.num_experts >= 1 && info.num_experts <= kMaxExperts,
-          kFile,
-          "{}: layer {} has {} experts, hidden {} and intermediate {}; expected 1..{} experts and "
-          "dimensions that are positive multiples of 16",
-          source, info.layer, info.num_experts, info.hidden, info.intermediate, kMaxExperts);
+  check_dimensions(info, source);
   const LayerChecker check(checkpoint, info);
   const int64_t h = info.hidden;
   const int64_t i = info.intermediate;
