@@ -1,4 +1,4 @@
-// Expert parallelism across GPUs through NCCL (DESIGN §4: each rank holds a contiguous range
+// Expert parallelism across GPUs through NCCL (docs/numerics.md §4: each rank holds a contiguous range
 // of experts and computes its partial sum; the layer reduces them).
 //
 // Every rank passes the same number of its own tokens and gets the finished output of its

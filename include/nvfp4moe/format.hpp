@@ -1,4 +1,4 @@
-// NVFP4: the number formats and the block quantizer (DESIGN.md §3, normative).
+// NVFP4: the number formats and the block quantizer (docs/numerics.md §1-2, normative).
 //
 // An NVFP4 tensor of logical shape [rows, cols] (cols is the reduction dimension, a multiple of
 // 16) is three things:
@@ -148,7 +148,7 @@ NVFP4MOE_HD uint8_t e4m3_encode(float x) {
 }
 
 // ---- The NVFP4 block quantizer, one step at a time -----------------------------------------
-// Exactly DESIGN §3, in IEEE fp32 and in this order of operations.
+// Exactly docs/numerics.md §2, in IEEE fp32 and in this order of operations.
 
 // Step 1: the block scale code for a block whose largest magnitude is `block_amax`.
 NVFP4MOE_HD uint8_t nvfp4_block_scale(float block_amax, float global_scale) {

@@ -1,6 +1,6 @@
 // The MoE layer: configuration, expert weights, and the runner every backend implements.
 //
-// Semantics are DESIGN.md §4. For token t and slot j with local expert
+// Semantics are docs/numerics.md §4. For token t and slot j with local expert
 // e = topk_ids[t, j] - first_local_expert (skipped when -1 or outside this rank's range):
 //
 //   a     = x[t]                      (W4A16)  or  dequant(quant(x[t], g1))       (W4A4)

@@ -1,4 +1,4 @@
-// Host NVFP4 quantization and dequantization of whole tensors (DESIGN.md §3).
+// Host NVFP4 quantization and dequantization of whole tensors (docs/numerics.md §1-2).
 //
 // These are the reference quantizer: every backend's quantization kernel must produce the same
 // bytes for the same input. Non-finite input is an Error naming the first offending element.
@@ -14,7 +14,7 @@
 
 namespace nvfp4moe {
 
-// A read-only NVFP4 matrix in the linear layout of DESIGN §3.
+// A read-only NVFP4 matrix in the linear layout of docs/numerics.md §1.
 struct NvFp4View {
   const uint8_t* values = nullptr;  // [rows, cols/2]
   const uint8_t* scales = nullptr;  // [rows, cols/16]

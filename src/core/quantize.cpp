@@ -1,4 +1,4 @@
-// Host NVFP4 quantizer: DESIGN §3 applied block by block through the shared codecs.
+// Host NVFP4 quantizer: docs/numerics.md §2 applied block by block through the shared codecs.
 #include "nvfp4moe/quantize.hpp"
 
 #include <cmath>

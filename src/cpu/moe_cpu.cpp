@@ -1,4 +1,4 @@
-// The CPU reference backend: DESIGN §4 written plainly, exact in everything but the order of
+// The CPU reference backend: docs/numerics.md §4 written plainly, exact in everything but the order of
 // fp32 additions, and parallel over experts so that both cores of a small machine work.
 //
 // One forward runs in phases, each a parallel loop:

@@ -26,7 +26,7 @@ struct PreparedMoeWeights {
   const float* down_input_scale = nullptr;     // [E], static W4A4 only
 };
 
-// Prepares `experts` stacked matrices [rows, k] given in DESIGN §3's layout on the device into
+// Prepares `experts` stacked matrices [rows, k] given in the linear layout of docs/numerics.md §1 on the device into
 // `codes`/`scale_codes` (each experts * PreparedShape{rows, k} bytes). gate_up: each matrix is
 // [gate rows; up rows], interleaved for the fused activation. Block scales must already be
 // checked (finite, >= 0).
@@ -37,7 +37,7 @@ void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t expe
 // Workspace bytes of moe_forward: a pure function of the config.
 size_t moe_workspace_bytes(const MoeConfig& config);
 
-// Steps an expert-parallel caller inserts into the forward (DESIGN §4: under dynamic W4A4 the
+// Steps an expert-parallel caller inserts into the forward (numerics §4: under dynamic W4A4 the
 // global scales come from the whole batch, every rank's tokens, not this rank's share).
 using AmaxHook = std::function<void(uint32_t* amax_bits, cudaStream_t stream)>;
 struct ForwardExtras {

@@ -1,4 +1,4 @@
-// The NVFP4 number formats: exhaustive checks against brute-force oracles (DESIGN §3).
+// The NVFP4 number formats: exhaustive checks against brute-force oracles (docs/numerics.md §1-2).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -39,7 +39,7 @@ TEST(E2M1, AllBf16PatternsMatchTheNearestValueOracle) {
 }
 
 TEST(E2M1, RoundsToNearestEvenLikeTheHardware) {
-  // The values DESIGN §3 quotes from an H200, and the bug this project must not repeat
+  // The values docs/numerics.md §2 quotes from an H200, and the bug this project must not repeat
   // (rounding to a half step first turns 2.6 into 2).
   EXPECT_EQ(e2m1_decode(e2m1_encode(2.5f)), 2.0f);
   EXPECT_EQ(e2m1_decode(e2m1_encode(2.6f)), 3.0f);
@@ -141,7 +141,7 @@ TEST(Bf16, RoundsToNearestEven) {
 }
 
 TEST(Nvfp4Element, ProductsAreExactInBf16) {
-  // DESIGN §3's key fact for Hopper: e2m1 * e4m3 has at most 5 significant bits.
+  // docs/numerics.md §1's key fact for Hopper: e2m1 * e4m3 has at most 5 significant bits.
   for (int code = 0; code < 16; ++code) {
     for (int scale = 0; scale < 256; ++scale) {
       if ((scale & 0x7F) == 0x7F) continue;

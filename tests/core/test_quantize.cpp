@@ -25,7 +25,7 @@ uint8_t code_at(const NvFp4Tensor& t, int64_t index) {
   return index % 2 == 0 ? (byte & 0xF) : (byte >> 4);
 }
 
-// Checks every scale and code of `q` against the DESIGN §3 recipe evaluated with the
+// Checks every scale and code of `q` against the docs/numerics.md §2 recipe evaluated with the
 // exhaustive-search encoders of the test reference.
 void expect_codes_match_oracle(const std::vector<float>& x, const NvFp4Tensor& q) {
   const float g = q.global_scale;

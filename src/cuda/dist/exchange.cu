@@ -30,7 +30,7 @@ __device__ int rank_of_expert(const ExchangeParams& p, int expert) {
 }
 
 // The destinations of a token as a rank bit mask, from the k ids held by lanes < k. Ids outside
-// [-1, num_experts) raise the error bit and go nowhere (DESIGN §8: they contribute zero).
+// [-1, num_experts) raise the error bit and go nowhere (numerics §4: they contribute zero).
 struct TokenRoute {
   int32_t id;             // this lane's slot: a valid global id or -1
   uint32_t destinations;  // the ranks owning the token's experts, one bit each

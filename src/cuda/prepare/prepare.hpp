@@ -9,7 +9,7 @@
 namespace nvfp4moe::cuda {
 
 struct PrepareParams {
-  // Source matrices in DESIGN §3's layout: values [rows, k/2], E4M3 scales [rows, k/16].
+  // Source matrices in the linear layout of docs/numerics.md §1: values [rows, k/2], E4M3 scales [rows, k/16].
   // Plain: output row 16G + r is source row 16G + r of `first`. Interleaved (gate/up): rows
   // 0..7 of group G are `first` rows 8G.., rows 8..15 are `second` rows 8G...
   const uint8_t* first_values = nullptr;
