@@ -53,11 +53,11 @@ TimedOutput run_timed(MoeRunner& runner, const HostBatch& batch, int repeats) {
   const Device device = runner.device();
   const auto hidden_bytes = batch.hidden.size() * sizeof(uint16_t);
   const auto slot_count = batch.topk_ids.size();
-  DeviceBuffer hidden(device, hidden_bytes);
-  DeviceBuffer ids(device, slot_count * sizeof(int32_t));
-  DeviceBuffer weights(device, slot_count * sizeof(float));
-  DeviceBuffer output(device, hidden_bytes);
-  DeviceBuffer workspace(device, runner.workspace_bytes());
+  DeviceBuffer hidden(device, hidden_bytes, "the hidden states");
+  DeviceBuffer ids(device, slot_count * sizeof(int32_t), "topk_ids");
+  DeviceBuffer weights(device, slot_count * sizeof(float), "topk_weights");
+  DeviceBuffer output(device, hidden_bytes, "the output");
+  DeviceBuffer workspace(device, runner.workspace_bytes(), "the layer's workspace");
   hidden.upload(batch.hidden.data(), hidden_bytes);
   ids.upload(batch.topk_ids.data(), slot_count * sizeof(int32_t));
   weights.upload(batch.topk_weights.data(), slot_count * sizeof(float));

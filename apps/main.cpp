@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "commands.hpp"
 
@@ -32,6 +33,12 @@ int main(int argc, char** argv) {
     }
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::bad_alloc&) {
+    // The large allocations say what they were for (Error kOutOfMemory); this is any other.
+    fmt::print(stderr,
+               "nvfp4moe: error: out of host memory (an allocation of the {} command failed)\n",
+               app.get_subcommands().empty() ? "" : app.get_subcommands().front()->get_name());
+    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "nvfp4moe: error: {}\n", e.what());
     return 1;

@@ -87,16 +87,21 @@ std::unique_ptr<Nvfp4Linear> make_linear(Device device, const LinearConfig& conf
 #endif
 }
 
-DeviceBuffer::DeviceBuffer(Device device, size_t bytes) : device_(device), size_(bytes) {
+DeviceBuffer::DeviceBuffer(Device device, size_t bytes, std::string_view what)
+    : device_(device), size_(bytes) {
   if (bytes == 0) return;
   if (device == Device::kCpu) {
     data_ = std::malloc(bytes);
-    require(data_ != nullptr, ErrorKind::kInvalidArgument,
-            "cannot allocate {} bytes of host memory", bytes);
+    require(data_ != nullptr, ErrorKind::kOutOfMemory,
+            "out of memory: cannot allocate {} bytes of host memory for {}", bytes, what);
     return;
   }
 #if NVFP4MOE_WITH_CUDA
-  data_ = cuda::device_alloc(bytes);
+  try {
+    data_ = cuda::device_alloc(bytes);
+  } catch (const Error& e) {
+    fail(ErrorKind::kOutOfMemory, "{} (for {})", e.what(), what);
+  }
 #else
   fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
 #endif

@@ -26,7 +26,9 @@ std::unique_ptr<MoeRunner> make_runner(Device device, const MoeConfig& config,
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(Device device, size_t bytes);
+  // Out of memory is an Error (kOutOfMemory) saying how many bytes were asked for and `what`
+  // they were for.
+  DeviceBuffer(Device device, size_t bytes, std::string_view what = "a buffer");
   ~DeviceBuffer();
   DeviceBuffer(DeviceBuffer&& other) noexcept;
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
