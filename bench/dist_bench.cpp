@@ -15,7 +15,7 @@
 #include "core/parallel.hpp"
 #include "core/synthetic.hpp"
 #include "cuda/common/cuda_check.hpp"
-#include "cuda/dist/nccl_api.hpp"
+#include "cuda/ep/nccl_api.hpp"
 #include "cuda/runtime_cuda.hpp"
 #include "moe_bench.hpp"
 #include "nvfp4moe/distributed.hpp"

@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "core/parallel.hpp"
-#include "cuda/common/prepared_layout.hpp"
+#include "cuda/sm90/prepared_layout.hpp"
 #include "nvfp4moe/checkpoint.hpp"
 #include "nvfp4moe/moe_import.hpp"
 #include "nvfp4moe/quantize.hpp"

@@ -5,12 +5,13 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common/cuda_check.hpp"
-#include "cuda/common/prepared_layout.hpp"
-#include "cuda/gemm/gemm_launch.hpp"
 #include "cuda/linear_forward.hpp"
 #include "cuda/moe_forward.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/runtime_cuda.hpp"
+#include "cuda/sm90/gemm_launch.hpp"
+#include "cuda/sm90/heuristics.hpp"
+#include "cuda/sm90/prepared_layout.hpp"
 
 namespace nvfp4moe::cuda {
 

@@ -21,10 +21,11 @@
 #include "cuda/combine/combine.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/regions.hpp"
-#include "cuda/gemm/gemm_launch.hpp"
-#include "cuda/prepare/prepare.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/route/route.hpp"
+#include "cuda/sm90/gemm_launch.hpp"
+#include "cuda/sm90/heuristics.hpp"
+#include "cuda/sm90/prepare.hpp"
 
 namespace nvfp4moe::cuda {
 

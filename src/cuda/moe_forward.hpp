@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <functional>
 
-#include "cuda/common/prepared_layout.hpp"
+#include "cuda/sm90/prepared_layout.hpp"
 #include "nvfp4moe/moe.hpp"
 
 namespace nvfp4moe::cuda {
@@ -26,10 +26,10 @@ struct PreparedMoeWeights {
   const float* down_input_scale = nullptr;     // [E], static W4A4 only
 };
 
-// Prepares `experts` stacked matrices [rows, k] given in the linear layout of docs/numerics.md §1 on the device into
-// `codes`/`scale_codes` (each experts * PreparedShape{rows, k} bytes). gate_up: each matrix is
-// [gate rows; up rows], interleaved for the fused activation. Block scales must already be
-// checked (finite, >= 0).
+// Prepares `experts` stacked matrices [rows, k] given in the linear layout of docs/numerics.md §1
+// on the device into `codes`/`scale_codes` (each experts * PreparedShape{rows, k} bytes). gate_up:
+// each matrix is [gate rows; up rows], interleaved for the fused activation. Block scales must
+// already be checked (finite, >= 0).
 void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t experts, int64_t rows,
                       int64_t k, bool gate_up, uint8_t* codes, uint8_t* scale_codes,
                       cudaStream_t stream);

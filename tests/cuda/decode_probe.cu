@@ -2,7 +2,7 @@
 // (code, scale) pairs and returns the bf16 values it produced.
 #include <cuda_runtime.h>
 
-#include "cuda/common/nvfp4_decode.cuh"
+#include "cuda/sm90/nvfp4_decode.cuh"
 #include "decode_probe.hpp"
 
 namespace nvfp4moe::testing {

@@ -6,16 +6,18 @@
 #include <limits>
 
 #include "core/synthetic.hpp"
-#include "cuda/common/prepared_layout.hpp"
-#include "cuda/gemm/gemm_launch.hpp"
-#include "cuda/gemm/gemm_params.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/route/route.hpp"
+#include "cuda/sm90/gemm_launch.hpp"
+#include "cuda/sm90/gemm_params.hpp"
+#include "cuda/sm90/heuristics.hpp"
+#include "cuda/sm90/prepared_layout.hpp"
 #include "decode_probe.hpp"
 #include "gpu_test.hpp"
 #include "nvfp4moe/format.hpp"
 #include "nvfp4moe/linear.hpp"
 #include "nvfp4moe/quantize.hpp"
+#include "nvfp4moe/runtime.hpp"
 #include "support/moe_reference.hpp"
 
 namespace nvfp4moe {
@@ -62,6 +64,34 @@ TEST(CudaDecode, AllCodeScalePairsAreExact) {
 }
 
 // The tile-shape heuristic is a pure function: checked without a GPU.
+// The forward's workspace layout is a pure function of the config; these sizes (bytes, taken from
+// the layout before the expert GEMMs moved behind their seam) pin it, so a refactor that changes
+// it fails here on any machine, not only on a GPU. A deliberate change updates them.
+TEST(WorkspaceLayout, SizesArePinned) {
+  struct Case {
+    int64_t experts, hidden, intermediate, top_k, max_tokens;
+    QuantMode mode;
+    ActivationScale scale;
+    size_t bytes;
+  };
+  const Case cases[] = {
+      {256, 7168, 2048, 8, 1, QuantMode::kW4A16, ActivationScale::kDynamic, 66048},
+      {256, 7168, 2048, 8, 8192, QuantMode::kW4A16, ActivationScale::kDynamic, 503979776},
+      {128, 4096, 1536, 8, 4096, QuantMode::kW4A4, ActivationScale::kDynamic, 402985216},
+      {48, 7168, 3072, 6, 1024, QuantMode::kW4A4, ActivationScale::kStatic, 230749952},
+      {8, 64, 32, 2, 5, QuantMode::kW4A16, ActivationScale::kDynamic, 3584},
+  };
+  for (const Case& c : cases) {
+    MoeConfig config =
+        MoeConfig::single_rank(c.experts, c.hidden, c.intermediate, c.top_k, c.max_tokens);
+    config.mode = c.mode;
+    config.activation_scale = c.scale;
+    EXPECT_EQ(workspace_bytes(Device::kCuda, config), c.bytes) << c.experts << " experts";
+  }
+  const LinearConfig linear{7168, 1536, 64, QuantMode::kW4A4, ActivationScale::kDynamic};
+  EXPECT_EQ(linear_workspace_bytes(Device::kCuda, linear), 917760u);
+}
+
 TEST(GemmHeuristic, PicksTheTileByTokensPerActiveExpert) {
   using cuda::gemm_shape_for;
   using cuda::GemmShapeId;

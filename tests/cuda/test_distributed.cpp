@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "core/synthetic.hpp"
-#include "cuda/dist/exchange.hpp"
-#include "cuda/dist/nccl_api.hpp"
+#include "cuda/ep/exchange.hpp"
+#include "cuda/ep/nccl_api.hpp"
 #include "gpu_test.hpp"
 #include "nvfp4moe/distributed.hpp"
 #include "nvfp4moe/error.hpp"

@@ -1,8 +1,8 @@
 #include <algorithm>
 
 #include "cuda/combine/combine.hpp"
+#include "cuda/common/grid_dependency.cuh"
 #include "cuda/common/launch.hpp"
-#include "cuda/common/ptx.cuh"
 #include "nvfp4moe/format.hpp"
 
 namespace nvfp4moe::cuda {

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "cuda/gemm/gemm_params.hpp"
+#include "cuda/common/routed.hpp"
 
 namespace nvfp4moe::cuda {
 
@@ -44,7 +44,8 @@ cudaError_t launch_quantize_dequantize(const QuantizeSource& source, uint16_t* o
 // place (one thread).
 cudaError_t launch_amax_to_global_scale(float* amax_then_scale, cudaStream_t stream);
 
-// Quantize to packed NVFP4: values [rows, cols/2], scales [rows, cols/16] (docs/numerics.md §1 layout).
+// Quantize to packed NVFP4: values [rows, cols/2], scales [rows, cols/16] (docs/numerics.md §1
+// layout).
 cudaError_t launch_quantize_nvfp4(const QuantizeSource& source, uint8_t* values, uint8_t* scales,
                                   cudaStream_t stream);
 

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "cuda/gemm/gemm_params.hpp"
+#include "cuda/common/routed.hpp"
 #include "nvfp4moe/moe.hpp"
 
 namespace nvfp4moe::cuda {

@@ -1,4 +1,4 @@
-#include "cuda/dist/nccl_api.hpp"
+#include "cuda/ep/nccl_api.hpp"
 
 #include <cstdlib>
 

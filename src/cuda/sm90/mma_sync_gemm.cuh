@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#include "cuda/gemm/gemm_common.cuh"
+#include "cuda/sm90/gemm_common.cuh"
 
 namespace nvfp4moe::cuda {
 

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/common/prepared_layout.hpp"
+#include "cuda/sm90/prepared_layout.hpp"
 
 namespace nvfp4moe::cuda {
 

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "cuda/common/grid_dependency.cuh"
+
 namespace nvfp4moe::cuda::ptx {
 
 __device__ __forceinline__ uint32_t smem_address(const void* pointer) {
@@ -74,18 +76,6 @@ __device__ __forceinline__ void red_add_v4(float* out, float4 v) {
 // Barrier `id` (1..15; 0 is __syncthreads) among `threads` threads, a multiple of 32.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
-// ---- Programmatic dependent launch (sm_90) ---------------------------------------------------
-// A grid launched with programmatic stream serialization may start before the grid ahead of it
-// in the stream has finished; it must wait here before it reads what that grid (or any grid
-// before it) writes. A no-op in a grid launched without the attribute.
-__device__ __forceinline__ void wait_prerequisite_grids() {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-}
-// Lets the next grid, if launched with programmatic serialization, start launching now.
-__device__ __forceinline__ void allow_dependent_grids() {
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 // ---- mbarrier (shared::cta) ------------------------------------------------------------------

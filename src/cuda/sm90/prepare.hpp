@@ -1,5 +1,5 @@
 // Weight preparation: the checkpoint's linear NVFP4 layout -> the GEMM's prepared layout
-// (cuda/common/prepared_layout.hpp), on the device.
+// (cuda/sm90/prepared_layout.hpp), on the device.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,9 +9,9 @@
 namespace nvfp4moe::cuda {
 
 struct PrepareParams {
-  // Source matrices in the linear layout of docs/numerics.md §1: values [rows, k/2], E4M3 scales [rows, k/16].
-  // Plain: output row 16G + r is source row 16G + r of `first`. Interleaved (gate/up): rows
-  // 0..7 of group G are `first` rows 8G.., rows 8..15 are `second` rows 8G...
+  // Source matrices in the linear layout of docs/numerics.md §1: values [rows, k/2], E4M3 scales
+  // [rows, k/16]. Plain: output row 16G + r is source row 16G + r of `first`. Interleaved
+  // (gate/up): rows 0..7 of group G are `first` rows 8G.., rows 8..15 are `second` rows 8G...
   const uint8_t* first_values = nullptr;
   const uint8_t* first_scales = nullptr;
   const uint8_t* second_values = nullptr;

@@ -31,8 +31,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/common/wgmma.cuh"
-#include "cuda/gemm/gemm_common.cuh"
+#include "cuda/sm90/gemm_common.cuh"
+#include "cuda/sm90/wgmma.cuh"
 
 namespace nvfp4moe::cuda {
 

@@ -10,8 +10,8 @@
 #include "cuda/combine/combine.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/regions.hpp"
-#include "cuda/dist/exchange.hpp"
-#include "cuda/dist/nccl_api.hpp"
+#include "cuda/ep/exchange.hpp"
+#include "cuda/ep/nccl_api.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/runtime_cuda.hpp"
 

@@ -4,7 +4,7 @@
 
 #include <cuda_runtime.h>
 
-#include "cuda/gemm/gemm_params.hpp"
+#include "cuda/sm90/gemm_params.hpp"
 
 namespace nvfp4moe::cuda {
 

@@ -1,7 +1,7 @@
 #include <algorithm>
 
-#include "cuda/common/prepared_layout.hpp"
-#include "cuda/prepare/prepare.hpp"
+#include "cuda/sm90/prepare.hpp"
+#include "cuda/sm90/prepared_layout.hpp"
 
 namespace nvfp4moe::cuda {
 

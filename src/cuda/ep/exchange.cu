@@ -8,7 +8,7 @@
 #include <algorithm>
 
 #include "cuda/common/regions.hpp"
-#include "cuda/dist/exchange.hpp"
+#include "cuda/ep/exchange.hpp"
 #include "nvfp4moe/format.hpp"
 
 namespace nvfp4moe::cuda {

@@ -9,9 +9,10 @@
 #include <utility>
 
 #include "cuda/common/launch.hpp"
-#include "cuda/gemm/gemm_launch.hpp"
-#include "cuda/gemm/grouped_gemm.cuh"
-#include "cuda/gemm/wgmma_gemm.cuh"
+#include "cuda/sm90/gemm_launch.hpp"
+#include "cuda/sm90/heuristics.hpp"
+#include "cuda/sm90/mma_sync_gemm.cuh"
+#include "cuda/sm90/wgmma_gemm.cuh"
 
 namespace nvfp4moe::cuda {
 

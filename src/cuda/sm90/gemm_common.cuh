@@ -10,10 +10,10 @@
 #include <cstdint>
 
 #include "core/activation.hpp"
-#include "cuda/common/nvfp4_decode.cuh"
-#include "cuda/common/prepared_layout.hpp"
-#include "cuda/common/ptx.cuh"
-#include "cuda/gemm/gemm_params.hpp"
+#include "cuda/sm90/gemm_params.hpp"
+#include "cuda/sm90/nvfp4_decode.cuh"
+#include "cuda/sm90/prepared_layout.hpp"
+#include "cuda/sm90/ptx.cuh"
 #include "nvfp4moe/format.hpp"
 
 namespace nvfp4moe::cuda {
