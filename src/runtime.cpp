@@ -2,6 +2,8 @@
 // reached only when the build has the CUDA backend.
 #include "nvfp4moe/runtime.hpp"
 
+#include "nvfp4moe/device_forward.hpp"
+
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -11,6 +13,7 @@
 #include "cpu/linear_cpu.hpp"
 
 #if NVFP4MOE_WITH_CUDA
+#include "cuda/expert_gemm.hpp"
 #include "cuda/linear_forward.hpp"
 #include "cuda/moe_forward.hpp"
 #include "cuda/runtime_cuda.hpp"
@@ -55,6 +58,18 @@ size_t workspace_bytes(Device device, const MoeConfig& config) {
 #endif
 }
 
+PreparedBytes prepared_bytes(Device device, int64_t rows, int64_t k) {
+  require(rows > 0 && k > 0 && rows % 16 == 0 && k % 16 == 0, ErrorKind::kInvalidArgument,
+          "prepared_bytes: rows {} and k {} must be positive multiples of 16", rows, k);
+  if (device == Device::kCpu) return {rows * k / 2, rows * k / 16};  // the checkpoint's layout
+#if NVFP4MOE_WITH_CUDA
+  const cuda::PreparedBytes bytes = cuda::expert_gemms(QuantMode::kW4A16).prepared_bytes(rows, k);
+  return {bytes.codes, bytes.scales};
+#else
+  fail(ErrorKind::kUnsupported, "this build has no CUDA backend");
+#endif
+}
+
 size_t linear_workspace_bytes(Device device, const LinearConfig& config) {
   config.validate();
   if (device == Device::kCpu) return 0;  // the CPU layer computes in its own buffers
@@ -68,7 +83,9 @@ size_t linear_workspace_bytes(Device device, const LinearConfig& config) {
 std::unique_ptr<MoeRunner> make_runner(Device device, const MoeConfig& config,
                                        const MoeWeights& weights) {
   validate_weights(config, weights);
-  if (device == Device::kCpu) return make_cpu_runner(config, weights.view());
+  if (device == Device::kCpu) {
+    return make_cpu_runner(config, weights.view(), /*block_scales_checked=*/true);  // just above
+  }
 #if NVFP4MOE_WITH_CUDA
   return cuda::make_runner(config, weights);
 #else

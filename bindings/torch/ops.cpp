@@ -30,9 +30,8 @@
 #include <tuple>
 #include <vector>
 
-#include "core/parallel.hpp"
-#include "cuda/sm90/prepared_layout.hpp"
 #include "nvfp4moe/checkpoint.hpp"
+#include "nvfp4moe/device_forward.hpp"
 #include "nvfp4moe/moe_import.hpp"
 #include "nvfp4moe/quantize.hpp"
 #include "nvfp4moe/runtime.hpp"
@@ -51,7 +50,7 @@ void torch_parallel_for(int64_t count, const std::function<void(int64_t)>& body)
 }
 
 const bool parallel_backend_installed = [] {
-  set_parallel_backend(&torch_parallel_for);
+  set_cpu_parallel_backend(&torch_parallel_for);
   return true;
 }();
 
@@ -105,12 +104,11 @@ void quantize_common(const at::Tensor& x, const at::Tensor& values, const at::Te
 }
 
 std::tuple<int64_t, int64_t> prepared_bytes(int64_t rows, int64_t k, c10::string_view device) {
-  TORCH_CHECK_VALUE(rows % 16 == 0 && k % 16 == 0 && rows > 0 && k > 0,
-                    "nvfp4moe.prepared_bytes: rows ", rows, " and k ", k,
-                    " must be positive multiples of 16");
-  if (device == "cpu") return {rows * k / 2, rows * k / 16};  // the CPU reads the checkpoint layout
-  const cuda::PreparedShape shape{rows, k};
-  return {shape.code_bytes(), shape.scale_bytes()};
+  return translating([&] {
+    const PreparedBytes bytes =
+        nvfp4moe::prepared_bytes(device == "cpu" ? Device::kCpu : Device::kCuda, rows, k);
+    return std::tuple{bytes.codes, bytes.scales};
+  });
 }
 
 // values [E, rows, k/2] (or [rows, k/2]), scales [E, rows, k/16] (or [rows, k/16]): exactly
@@ -368,7 +366,9 @@ void moe_forward_cpu(NVFP4MOE_MOE_ARGS) {
     w.down_global_scale = ptr<const float>(w2_global_scale);
     w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
     w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
-    auto runner = make_cpu_runner(c, w);
+    // The block scales were checked when the weights were prepared (prepare_weights); the
+    // per-call checks are the per-expert scalars only.
+    auto runner = make_cpu_runner(c, w, /*block_scales_checked=*/true);
     runner->forward({tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
                      ptr<const float>(topk_weights), ptr<uint16_t>(out)},
                     workspace.data_ptr(), nullptr);

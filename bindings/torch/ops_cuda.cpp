@@ -7,9 +7,7 @@
 
 #include <cmath>
 
-#include "cuda/linear_forward.hpp"
-#include "cuda/moe_forward.hpp"
-#include "cuda/quant/quant.hpp"
+#include "nvfp4moe/device_forward.hpp"
 #include "ops_common.hpp"
 
 namespace nvfp4moe::torch_ops {
@@ -57,33 +55,15 @@ void quantize_cuda(const at::Tensor& x, std::optional<double> global_scale, at::
   quantize_common(x, values, scales, global_scale_out);
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = stream_of(x);
-  cuda::QuantizeSource source;
-  source.input = x.data_ptr();
-  source.input_is_f32 = x.scalar_type() == at::kFloat;
-  source.input_row_stride = x.size(1);
-  source.max_rows = x.size(0);
-  source.cols = static_cast<int32_t>(x.size(1));
-  auto* out_g = ptr<float>(global_scale_out);
   translating([&] {
+    std::optional<float> g;
     if (global_scale) {
-      const auto g = static_cast<float>(*global_scale);
-      TORCH_CHECK_VALUE(std::isfinite(g) && g > 0, "nvfp4moe.quantize: global_scale ", g,
-                        " must be finite and > 0");
-      source.scale_source = cuda::ActivationScaleSource::kOne;
-      source.static_scale = g;
-      global_scale_out.fill_(g);
-    } else {
-      // The amax goes through global_scale_out's bytes, then becomes the scale in place.
-      auto* amax = reinterpret_cast<uint32_t*>(out_g);
-      C10_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream));
-      C10_CUDA_CHECK(cuda::launch_amax(source, amax, stream));
-      source.scale_source = cuda::ActivationScaleSource::kFromAmax;
-      source.amax_bits = amax;
+      g = static_cast<float>(*global_scale);
+      global_scale_out.fill_(*g);
     }
-    C10_CUDA_CHECK(
-        cuda::launch_quantize_nvfp4(source, ptr<uint8_t>(values), ptr<uint8_t>(scales), stream));
-    if (!global_scale) C10_CUDA_CHECK(cuda::launch_amax_to_global_scale(out_g, stream));
+    quantize_on_device(x.data_ptr(), x.scalar_type() == at::kFloat, x.size(0), x.size(1), g,
+                       ptr<uint8_t>(values), ptr<uint8_t>(scales), ptr<float>(global_scale_out),
+                       stream_of(x));
   });
 }
 
@@ -93,9 +73,8 @@ void prepare_weights_cuda(const at::Tensor& values, const at::Tensor& scales, bo
   prepare_common(values, scales, gate_up, codes, scale_codes, experts, rows, k);
   const c10::cuda::CUDAGuard guard(values.device());
   translating([&] {
-    cuda::prepare_matrices(ptr<const uint8_t>(values), ptr<const uint8_t>(scales), experts, rows, k,
-                           gate_up, ptr<uint8_t>(codes), ptr<uint8_t>(scale_codes),
-                           stream_of(values));
+    prepare_on_device(ptr<const uint8_t>(values), ptr<const uint8_t>(scales), experts, rows, k,
+                      gate_up, ptr<uint8_t>(codes), ptr<uint8_t>(scale_codes), stream_of(values));
   });
 }
 
@@ -105,21 +84,21 @@ void moe_forward_cuda(NVFP4MOE_MOE_ARGS) {
   WorkspaceUse use(workspace);
   order_after_last_use(use, hidden.device().index(), stream_of(hidden));
   translating([&] {
-    cuda::PreparedMoeWeights w;
+    DeviceMoeWeights w;
     w.gate_up_codes = ptr<const uint8_t>(w13_codes);
     w.gate_up_scales = ptr<const uint8_t>(w13_scale_codes);
     w.down_codes = ptr<const uint8_t>(w2_codes);
     w.down_scales = ptr<const uint8_t>(w2_scale_codes);
-    w.gate_scale = ptr<const float>(w13_global_scale);
-    w.up_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
-    w.down_scale = ptr<const float>(w2_global_scale);
+    w.gate_global_scale = ptr<const float>(w13_global_scale);
+    w.up_global_scale = ptr<const float>(w13_global_scale) + c.num_local_experts;
+    w.down_global_scale = ptr<const float>(w2_global_scale);
     w.gate_up_input_scale = w13_input_scale ? ptr<const float>(*w13_input_scale) : nullptr;
     w.down_input_scale = w2_input_scale ? ptr<const float>(*w2_input_scale) : nullptr;
-    cuda::moe_forward(c, w,
+    forward_on_device(c, w,
                       {tokens, ptr<const uint16_t>(hidden), ptr<const int32_t>(topk_ids),
                        ptr<const float>(topk_weights), ptr<uint16_t>(out)},
-                      nullptr, workspace.data_ptr(),
-                      reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(hidden));
+                      workspace.data_ptr(), reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)),
+                      stream_of(hidden));
   });
 }
 
@@ -129,11 +108,11 @@ void linear_cuda(NVFP4MOE_LINEAR_ARGS) {
   WorkspaceUse use(workspace);
   order_after_last_use(use, x.device().index(), stream_of(x));
   translating([&] {
-    cuda::linear_forward(c, ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
-                         ptr<const float>(global_scale),
-                         input_scale ? ptr<const float>(*input_scale) : nullptr, x.size(0),
-                         ptr<const uint16_t>(x), ptr<uint16_t>(out), workspace.data_ptr(),
-                         reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(x));
+    linear_on_device(c, ptr<const uint8_t>(codes), ptr<const uint8_t>(scale_codes),
+                     ptr<const float>(global_scale),
+                     input_scale ? ptr<const float>(*input_scale) : nullptr, x.size(0),
+                     ptr<const uint16_t>(x), ptr<uint16_t>(out), workspace.data_ptr(),
+                     reinterpret_cast<uint32_t*>(ptr<int32_t>(errors)), stream_of(x));
   });
 }
 

@@ -116,7 +116,10 @@ void validate_block_scales(const uint8_t* scales, int64_t matrices, int64_t rows
 
 // Checks host weights against the config: shapes, finite and non-negative global scales, no
 // NaN or negative block scale, input scales present and positive when static W4A4 needs them.
-void validate_weights(const MoeConfig& config, const MoeWeightsView& weights);
+// With block_scales_checked (they were, when the weights were prepared), only the per-expert
+// scalars are checked: O(experts), cheap enough for every call.
+void validate_weights(const MoeConfig& config, const MoeWeightsView& weights,
+                      bool block_scales_checked = false);
 // The same, after checking that every array of `weights` has the size the config implies.
 void validate_weights(const MoeConfig& config, const MoeWeights& weights);
 
@@ -161,7 +164,10 @@ void raise_device_errors(uint32_t flags, int64_t num_experts, const char* what);
 // same as MoeRunner::workspace_bytes of a runner made with it).
 size_t workspace_bytes(Device device, const MoeConfig& config);
 
-// The CPU reference backend. It keeps the pointers of `weights`, which must outlive it.
-std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights);
+// The CPU reference backend. It keeps the pointers of `weights`, which must outlive it, and reads
+// them at each forward: making one is cheap, apart from the check of every block scale, which
+// block_scales_checked skips (validate_weights).
+std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights,
+                                           bool block_scales_checked = false);
 
 }  // namespace nvfp4moe

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 
@@ -58,5 +60,12 @@ class DeviceBuffer {
 
 // Waits until all work queued on the device is done (no-op on the CPU).
 void synchronize(Device device);
+
+// Where the CPU backend runs its parallel loops. By default it starts threads of its own (as
+// many as the CPUs the process may use, or NVFP4MOE_CPU_THREADS); a host framework that keeps a
+// thread pool (torch's intra-op pool, which engines pin to cores) installs it here so that the
+// two do not compete for the same cores. `body(i)` must be called once for each i in [0, count).
+using CpuParallelBackend = void (*)(int64_t count, const std::function<void(int64_t)>& body);
+void set_cpu_parallel_backend(CpuParallelBackend backend);
 
 }  // namespace nvfp4moe

@@ -123,16 +123,20 @@ void validate_block_scales(const uint8_t* scales, int64_t matrices, int64_t rows
   }
 }
 
-void validate_weights(const MoeConfig& config, const MoeWeightsView& w) {
+void validate_weights(const MoeConfig& config, const MoeWeightsView& w, bool block_scales_checked) {
   config.validate();
   const int64_t experts = config.num_local_experts;
   const int64_t hidden = config.hidden;
   const int64_t inter = config.intermediate;
-  require(w.gate_up_values != nullptr && w.down_values != nullptr, ErrorKind::kInvalidArgument,
-          "weights: gate_up_values and down_values are required");
-  validate_block_scales(w.gate_up_scales, experts, 2 * inter, hidden / kBlockSize,
-                        "gate_up_scales");
-  validate_block_scales(w.down_scales, experts, hidden, inter / kBlockSize, "down_scales");
+  require(w.gate_up_values != nullptr && w.down_values != nullptr && w.gate_up_scales != nullptr &&
+              w.down_scales != nullptr,
+          ErrorKind::kInvalidArgument,
+          "weights: gate_up_values, gate_up_scales, down_values and down_scales are required");
+  if (!block_scales_checked) {
+    validate_block_scales(w.gate_up_scales, experts, 2 * inter, hidden / kBlockSize,
+                          "gate_up_scales");
+    validate_block_scales(w.down_scales, experts, hidden, inter / kBlockSize, "down_scales");
+  }
   check_global_scales(w.gate_global_scale, experts, "gate_global_scale");
   check_global_scales(w.up_global_scale, experts, "up_global_scale");
   check_global_scales(w.down_global_scale, experts, "down_global_scale");

@@ -1,5 +1,7 @@
 #include "core/parallel.hpp"
 
+#include "nvfp4moe/runtime.hpp"
+
 #include <sched.h>
 
 #include <algorithm>
@@ -13,7 +15,7 @@
 namespace nvfp4moe {
 
 namespace {
-std::atomic<ParallelBackend> backend{nullptr};
+std::atomic<CpuParallelBackend> backend{nullptr};
 }  // namespace
 
 int host_thread_count() {
@@ -26,11 +28,11 @@ int host_thread_count() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-void set_parallel_backend(ParallelBackend installed) { backend = installed; }
+void set_cpu_parallel_backend(CpuParallelBackend installed) { backend = installed; }
 
 void parallel_for(int64_t count, const std::function<void(int64_t)>& body) {
   if (count <= 0) return;
-  if (const ParallelBackend installed = backend.load()) {
+  if (const CpuParallelBackend installed = backend.load()) {
     installed(count, body);
     return;
   }

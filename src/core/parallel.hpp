@@ -9,12 +9,7 @@ namespace nvfp4moe {
 // Threads used by parallel_for: NVFP4MOE_CPU_THREADS if set, else the CPUs this process may run
 // on (its affinity mask, which engines that pin threads narrow).
 int host_thread_count();
-
-// Where parallel_for runs its loop. By default it starts its own threads; a host framework that
-// keeps a thread pool of its own (torch's intra-op pool, which engines pin to cores) installs it
-// here, so both do not compete for the same cores.
-using ParallelBackend = void (*)(int64_t count, const std::function<void(int64_t)>& body);
-void set_parallel_backend(ParallelBackend backend);
+// (Where parallel_for runs its loop is set_cpu_parallel_backend's choice: nvfp4moe/runtime.hpp.)
 
 // Calls body(i) for every i in [0, count), spreading indices over host_thread_count() threads
 // as they free up. Results must not depend on which thread runs which index. The first

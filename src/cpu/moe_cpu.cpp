@@ -1,5 +1,5 @@
-// The CPU reference backend: docs/numerics.md §4 written plainly, exact in everything but the order of
-// fp32 additions, and parallel over experts so that both cores of a small machine work.
+// The CPU reference backend: docs/numerics.md §4 written plainly, exact in everything but the order
+// of fp32 additions, and parallel over experts so that both cores of a small machine work.
 //
 // One forward runs in phases, each a parallel loop:
 //   1. route     bucket the (token, slot) pairs by local expert, in slot order
@@ -331,8 +331,9 @@ std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config,
   return std::make_unique<CpuMoeRunner>(config, std::move(rows));
 }
 
-std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights) {
-  validate_weights(config, weights);
+std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWeightsView& weights,
+                                           bool block_scales_checked) {
+  validate_weights(config, weights, block_scales_checked);
   return make_cpu_runner(config,
                          std::make_shared<Nvfp4Rows>(weights, config.hidden, config.intermediate));
 }

@@ -1,17 +1,14 @@
-// The dense NVFP4 linear layer on the device: the MoE's GEMM with one "expert", implicit tiles
-// over the tokens and a plain bf16 store.
+// The dense NVFP4 linear layer on the device: the MoE's GEMM family (expert_gemm.hpp) with one
+// "expert", implicit tiles over the tokens and a plain bf16 store.
 //
 // Workspace: amax word | xq [max_tokens, in_features] bf16 (W4A4 only).
 #include <cuda_runtime.h>
 
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/expert_gemm.hpp"
 #include "cuda/linear_forward.hpp"
-#include "cuda/moe_forward.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/runtime_cuda.hpp"
-#include "cuda/sm90/gemm_launch.hpp"
-#include "cuda/sm90/heuristics.hpp"
-#include "cuda/sm90/prepared_layout.hpp"
 
 namespace nvfp4moe::cuda {
 
@@ -31,7 +28,6 @@ void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint
                     const float* weight_scale, const float* input_scale, int64_t tokens,
                     const uint16_t* x, uint16_t* out, void* workspace, uint32_t* error_flags,
                     cudaStream_t stream) {
-  const PreparedShape prepared{config.out_features, config.in_features};
   require(tokens >= 0 && tokens <= config.max_tokens, ErrorKind::kInvalidArgument,
           "linear: {} tokens, but the layer was configured for at most {}", tokens,
           config.max_tokens);
@@ -40,12 +36,8 @@ void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint
   require(!w4a4 || workspace != nullptr, ErrorKind::kInvalidArgument,
           "linear: W4A4 needs a workspace of linear_workspace_bytes(config) = {}",
           linear_workspace_bytes(config));
-  GemmParams p;
-  p.codes = codes;
-  p.scales = scale_codes;
-  p.row_groups = static_cast<int32_t>(prepared.row_groups());
-  p.k_chunks = static_cast<int32_t>(prepared.k_chunks());
-  p.k = static_cast<int32_t>(prepared.k);
+  ExpertGemmArgs p;
+  p.weights = {codes, scale_codes, config.out_features, config.in_features};
   p.b = x;
   p.b_row_stride = config.in_features;
   p.b_rows = tokens;
@@ -79,11 +71,9 @@ void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint
     NVFP4MOE_CUDA_CHECK(launch_quantize_dequantize(source, xq, config.in_features, stream));
     p.b = xq;
   }
-  const GemmShapeId shape = select_gemm_shape(tokens, 1, config.out_features);
-  const int tile_tokens = gemm_shape(shape).tile_tokens;
+  const ExpertGemms& gemms = expert_gemms(config.mode);
   NVFP4MOE_CUDA_CHECK(
-      launch_grouped_gemm(shape, Epilogue::kLinear, p,
-                          static_cast<int>((tokens + tile_tokens - 1) / tile_tokens), stream));
+      gemms.launch(gemms.plan_linear(tokens, config.out_features), Epilogue::kLinear, p, stream));
 }
 
 namespace {
@@ -91,17 +81,19 @@ namespace {
 class CudaLinear final : public Nvfp4Linear {
  public:
   CudaLinear(const LinearConfig& config, const NvFp4View& weight, float input_scale)
-      : config_(config), shape_{config.out_features, config.in_features} {
-    codes_ = DeviceMemory(size_t(shape_.code_bytes()));
-    scales_ = DeviceMemory(size_t(shape_.scale_bytes()));
+      : config_(config) {
+    const ExpertGemms& gemms = expert_gemms(config.mode);
+    const PreparedBytes prepared = gemms.prepared_bytes(config.out_features, config.in_features);
+    codes_ = DeviceMemory(size_t(prepared.codes));
+    scales_ = DeviceMemory(size_t(prepared.scales));
     const size_t value_bytes = size_t(weight.rows * weight.cols / 2);
     const size_t scale_bytes = size_t(weight.rows * weight.cols / 16);
     DeviceMemory staging(value_bytes + scale_bytes);
     copy_to_device(staging.get(), weight.values, value_bytes);
     copy_to_device(staging.get<uint8_t>() + value_bytes, weight.scales, scale_bytes);
-    prepare_matrices(staging.get<uint8_t>(), staging.get<uint8_t>() + value_bytes, 1,
-                     config.out_features, config.in_features, /*gate_up=*/false,
-                     codes_.get<uint8_t>(), scales_.get<uint8_t>(), nullptr);
+    gemms.prepare(staging.get<uint8_t>(), staging.get<uint8_t>() + value_bytes, 1,
+                  config.out_features, config.in_features, /*gate_up=*/false, codes_.get<uint8_t>(),
+                  scales_.get<uint8_t>(), nullptr);
     NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());
     const float scalars[2] = {weight.global_scale, input_scale};
     scalars_ = DeviceMemory(sizeof scalars);
@@ -131,7 +123,6 @@ class CudaLinear final : public Nvfp4Linear {
 
  private:
   LinearConfig config_;
-  PreparedShape shape_;
   DeviceMemory codes_, scales_, scalars_, error_flags_;
 };
 

@@ -14,8 +14,8 @@ namespace nvfp4moe::cuda {
 size_t linear_workspace_bytes(const LinearConfig& config);
 
 // out [T, out_features] bf16 = the layer of x [T, in_features]. codes/scale_codes: the weight
-// prepared by prepare_matrices; weight_scale: device scalar; input_scale: device scalar, read
-// for static W4A4 only.
+// prepared by the GEMM family (expert_gemms(config.mode).prepare); weight_scale: device scalar;
+// input_scale: device scalar, read for static W4A4 only.
 void linear_forward(const LinearConfig& config, const uint8_t* codes, const uint8_t* scale_codes,
                     const float* weight_scale, const float* input_scale, int64_t tokens,
                     const uint16_t* x, uint16_t* out, void* workspace, uint32_t* error_flags,

@@ -7,6 +7,7 @@
 //            (inside its one launch at small T, else by a memset)
 //   [W4A4]   x -> amax -> quantize-dequantize (per token, or per sorted row for static scales)
 //   GEMM 1   gate/up over the tiles, activation in the epilogue -> h  [sorted rows, I]
+//            (the GEMMs are the family's of expert_gemm.hpp: tile width, grid and kernels)
 //   [W4A4]   h -> amax -> quantize-dequantize -> hq
 //   GEMM 2   down over the tiles, out_acc[token] += weight * alpha * y (fp32 atomics)
 //   round    out_acc -> bf16 output
@@ -21,11 +22,9 @@
 #include "cuda/combine/combine.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/regions.hpp"
+#include "cuda/expert_gemm.hpp"
 #include "cuda/quant/quant.hpp"
 #include "cuda/route/route.hpp"
-#include "cuda/sm90/gemm_launch.hpp"
-#include "cuda/sm90/heuristics.hpp"
-#include "cuda/sm90/prepare.hpp"
 
 namespace nvfp4moe::cuda {
 
@@ -50,10 +49,10 @@ struct Layout {
     amax = cursors + experts * 4;
     offsets = regions.take((experts + 1) * 4);
     num_tiles = regions.take(4);
-    // The table is sized for the narrowest tile any shape uses.
+    // The table is sized for the narrowest tile the GEMM family may ask for.
     tiles = regions.take(
         static_cast<size_t>(max_route_tiles(int64_t(slots), c.num_local_experts,
-                                            gemm_shape(GemmShapeId::kSmall).tile_tokens)) *
+                                            expert_gemms(c.mode).min_route_tile_tokens())) *
         sizeof(GemmTile));
     sorted_slot = regions.take(slots * 4);
     sorted_expert = regions.take(slots * 4);
@@ -73,43 +72,15 @@ void check_launch(cudaError_t status, const char* what) {
   }
 }
 
-GemmParams matrix_params(const uint8_t* codes, const uint8_t* scales, PreparedShape shape) {
-  GemmParams p;
-  p.codes = codes;
-  p.scales = scales;
-  p.expert_code_bytes = shape.code_bytes();
-  p.expert_scale_bytes = shape.scale_bytes();
-  p.row_groups = static_cast<int32_t>(shape.row_groups());
-  p.k_chunks = static_cast<int32_t>(shape.k_chunks());
-  p.k = static_cast<int32_t>(shape.k);
-  return p;
+ExpertGemmArgs matrix_args(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t k) {
+  ExpertGemmArgs args;
+  args.weights = {codes, scales, rows, k};
+  return args;
 }
 
 }  // namespace
 
 size_t moe_workspace_bytes(const MoeConfig& config) { return Layout(config).total; }
-
-void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t experts, int64_t rows,
-                      int64_t k, bool gate_up, uint8_t* codes, uint8_t* scale_codes,
-                      cudaStream_t stream) {
-  const PreparedShape shape{rows, k};
-  const int64_t source_values = rows * k / 2, source_scales = rows * k / 16;
-  for (int64_t e = 0; e < experts; ++e) {
-    PrepareParams p;
-    p.first_values = values + e * source_values;
-    p.first_scales = scales + e * source_scales;
-    if (gate_up) {  // [gate rows; up rows] -> groups of 8 gate rows then 8 up rows
-      p.second_values = p.first_values + source_values / 2;
-      p.second_scales = p.first_scales + source_scales / 2;
-      p.interleave = true;
-    }
-    p.rows = rows;
-    p.k = k;
-    p.codes = codes + e * shape.code_bytes();
-    p.scales = scale_codes + e * shape.scale_bytes();
-    check_launch(launch_prepare(p, stream), "prepare");
-  }
-}
 
 void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwardArgs& args,
                  float* sums, void* workspace, uint32_t* error_flags, cudaStream_t stream,
@@ -138,10 +109,9 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   auto* sorted_expert = reinterpret_cast<int32_t*>(at(layout.sorted_expert));
   const int32_t* routed_rows = offsets + c.num_local_experts;
 
-  const GemmShapeId shape = select_gemm_shape(slots, c.num_local_experts, 2 * c.intermediate);
-  const int tile_tokens = gemm_shape(shape).tile_tokens;
-  const auto grid_tiles =
-      static_cast<int>(max_route_tiles(slots, c.num_local_experts, tile_tokens));
+  const ExpertGemms& gemms = expert_gemms(c.mode);
+  const ExpertGemmPlan plan =
+      gemms.plan_moe(slots, c.num_local_experts, 2 * c.intermediate, c.hidden);
 
   // The single-launch router keeps its counts in shared memory: then only dynamic W4A4's amax
   // words need zeroing.
@@ -156,7 +126,7 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   route.num_experts = static_cast<int32_t>(c.num_experts);
   route.first_local_expert = static_cast<int32_t>(c.first_local_expert);
   route.num_local_experts = static_cast<int32_t>(c.num_local_experts);
-  route.tile_tokens = tile_tokens;
+  route.tile_tokens = plan.route_tile_tokens;
   route.counts = reinterpret_cast<int32_t*>(at(layout.counts));
   route.cursors = reinterpret_cast<int32_t*>(at(layout.cursors));
   route.offsets = offsets;
@@ -172,8 +142,8 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   check_launch(launch_route(route, stream), "route");
 
   // ---- Activations of GEMM 1 --------------------------------------------------------------
-  GemmParams gemm1 =
-      matrix_params(w.gate_up_codes, w.gate_up_scales, {2 * c.intermediate, c.hidden});
+  ExpertGemmArgs gemm1 =
+      matrix_args(w.gate_up_codes, w.gate_up_scales, 2 * c.intermediate, c.hidden);
   gemm1.tiles = route.tiles;
   gemm1.num_tiles = route.num_tiles;
   gemm1.weight_scale = w.gate_scale;
@@ -226,17 +196,11 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   gemm1.out_row_stride = c.intermediate;
   gemm1.clamped = c.activation == Activation::kSwigluClamped;
   gemm1.swiglu_limit = c.swiglu_limit;
-  // With the 8-token tiles the GEMMs and the rounding launch programmatically: each one's blocks
-  // start while the kernel ahead finishes, and the down GEMM copies its first weights before it
-  // waits (its weights and tiles were complete before the gate/up GEMM began).
-  // NOTE: only there. T = 1 0.080 -> 0.078 ms; with the wgmma tiles T = 256 and 1024 ran 2-4%
-  // slower (H200, alternating 3 times).
-  const bool programmatic = shape == GemmShapeId::kSmall;
-  check_launch(launch_grouped_gemm(shape, w4a4 ? Epilogue::kGateUpF32 : Epilogue::kGateUpBf16,
-                                   gemm1, grid_tiles, stream, programmatic),
-               "gate/up GEMM");
+  check_launch(
+      gemms.launch(plan, w4a4 ? Epilogue::kGateUpF32 : Epilogue::kGateUpBf16, gemm1, stream),
+      "gate/up GEMM");
 
-  GemmParams gemm2 = matrix_params(w.down_codes, w.down_scales, {c.hidden, c.intermediate});
+  ExpertGemmArgs gemm2 = matrix_args(w.down_codes, w.down_scales, c.hidden, c.intermediate);
   gemm2.tiles = route.tiles;
   gemm2.num_tiles = route.num_tiles;
   gemm2.weight_scale = w.down_scale;
@@ -282,14 +246,12 @@ void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwa
   gemm2.sorted_slot = sorted_slot;
   gemm2.topk_weights = args.topk_weights;
   gemm2.top_k = static_cast<int32_t>(c.top_k);
-  gemm2.prefetch_before_wait = programmatic;
-  check_launch(
-      launch_grouped_gemm(select_down_gemm_shape(shape, slots, c.num_local_experts, c.hidden),
-                          Epilogue::kDownCombine, gemm2, grid_tiles, stream, programmatic),
-      "down GEMM");
+  gemm2.prefetch_before_wait = plan.programmatic;
+  check_launch(gemms.launch(plan, Epilogue::kDownCombine, gemm2, stream), "down GEMM");
   if (sums != nullptr) return;
-  check_launch(launch_round_to_bf16(out_acc, args.output, tokens * c.hidden, stream, programmatic),
-               "combine rounding");
+  check_launch(
+      launch_round_to_bf16(out_acc, args.output, tokens * c.hidden, stream, plan.programmatic),
+      "combine rounding");
 }
 
 }  // namespace nvfp4moe::cuda

@@ -8,16 +8,15 @@
 #include <cstdint>
 #include <functional>
 
-#include "cuda/sm90/prepared_layout.hpp"
 #include "nvfp4moe/moe.hpp"
 
 namespace nvfp4moe::cuda {
 
-// Expert weights in the prepared layout (prepared_layout.hpp), on the device.
+// Expert weights in the GEMM family's prepared layout (expert_gemm.hpp), on the device.
 struct PreparedMoeWeights {
-  const uint8_t* gate_up_codes = nullptr;   // E * PreparedShape{2I, H}.code_bytes()
-  const uint8_t* gate_up_scales = nullptr;  // E * PreparedShape{2I, H}.scale_bytes()
-  const uint8_t* down_codes = nullptr;      // E * PreparedShape{H, I}.code_bytes()
+  const uint8_t* gate_up_codes = nullptr;   // E * prepared_bytes(2I, H).codes
+  const uint8_t* gate_up_scales = nullptr;  // E * prepared_bytes(2I, H).scales
+  const uint8_t* down_codes = nullptr;      // E * prepared_bytes(H, I).codes
   const uint8_t* down_scales = nullptr;
   const float* gate_scale = nullptr;           // [E]
   const float* up_scale = nullptr;             // [E]
@@ -25,14 +24,6 @@ struct PreparedMoeWeights {
   const float* gate_up_input_scale = nullptr;  // [E], static W4A4 only
   const float* down_input_scale = nullptr;     // [E], static W4A4 only
 };
-
-// Prepares `experts` stacked matrices [rows, k] given in the linear layout of docs/numerics.md §1
-// on the device into `codes`/`scale_codes` (each experts * PreparedShape{rows, k} bytes). gate_up:
-// each matrix is [gate rows; up rows], interleaved for the fused activation. Block scales must
-// already be checked (finite, >= 0).
-void prepare_matrices(const uint8_t* values, const uint8_t* scales, int64_t experts, int64_t rows,
-                      int64_t k, bool gate_up, uint8_t* codes, uint8_t* scale_codes,
-                      cudaStream_t stream);
 
 // Workspace bytes of moe_forward: a pure function of the config.
 size_t moe_workspace_bytes(const MoeConfig& config);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/expert_gemm.hpp"
 #include "cuda/moe_forward.hpp"
 #include "cuda/runtime_cuda.hpp"
 
@@ -16,11 +17,13 @@ class CudaMoeRunner final : public CudaRunner {
   CudaMoeRunner(const MoeConfig& config, const MoeWeights& weights) : config_(config) {
     const int64_t experts = config.num_local_experts;
     const int64_t hidden = config.hidden, inter = config.intermediate;
-    const PreparedShape gate_up{2 * inter, hidden}, down{hidden, inter};
-    gate_up_codes_ = DeviceMemory(size_t(gate_up.code_bytes() * experts));
-    gate_up_scales_ = DeviceMemory(size_t(gate_up.scale_bytes() * experts));
-    down_codes_ = DeviceMemory(size_t(down.code_bytes() * experts));
-    down_scales_ = DeviceMemory(size_t(down.scale_bytes() * experts));
+    const ExpertGemms& gemms = expert_gemms(config.mode);
+    const PreparedBytes gate_up = gemms.prepared_bytes(2 * inter, hidden);
+    const PreparedBytes down = gemms.prepared_bytes(hidden, inter);
+    gate_up_codes_ = DeviceMemory(size_t(gate_up.codes * experts));
+    gate_up_scales_ = DeviceMemory(size_t(gate_up.scales * experts));
+    down_codes_ = DeviceMemory(size_t(down.codes * experts));
+    down_scales_ = DeviceMemory(size_t(down.scales * experts));
     // Stage one expert's checkpoint-layout bytes at a time and prepare them on the device.
     const size_t values = size_t(2 * inter * hidden / 2), scales = size_t(2 * inter * hidden / 16);
     const size_t down_values = values / 2, down_scales = scales / 2;
@@ -34,12 +37,12 @@ class CudaMoeRunner final : public CudaRunner {
       copy_to_device(s_scales, weights.gate_up_scales.data() + e * scales, scales);
       copy_to_device(s_down_values, weights.down_values.data() + e * down_values, down_values);
       copy_to_device(s_down_scales, weights.down_scales.data() + e * down_scales, down_scales);
-      prepare_matrices(s_values, s_scales, 1, 2 * inter, hidden, /*gate_up=*/true,
-                       gate_up_codes_.get<uint8_t>() + e * gate_up.code_bytes(),
-                       gate_up_scales_.get<uint8_t>() + e * gate_up.scale_bytes(), nullptr);
-      prepare_matrices(s_down_values, s_down_scales, 1, hidden, inter, /*gate_up=*/false,
-                       down_codes_.get<uint8_t>() + e * down.code_bytes(),
-                       down_scales_.get<uint8_t>() + e * down.scale_bytes(), nullptr);
+      gemms.prepare(s_values, s_scales, 1, 2 * inter, hidden, /*gate_up=*/true,
+                    gate_up_codes_.get<uint8_t>() + e * gate_up.codes,
+                    gate_up_scales_.get<uint8_t>() + e * gate_up.scales, nullptr);
+      gemms.prepare(s_down_values, s_down_scales, 1, hidden, inter, /*gate_up=*/false,
+                    down_codes_.get<uint8_t>() + e * down.codes,
+                    down_scales_.get<uint8_t>() + e * down.scales, nullptr);
       NVFP4MOE_CUDA_CHECK(cudaDeviceSynchronize());  // staging is reused by the next expert
     }
     auto upload = [](const std::vector<float>& host) {

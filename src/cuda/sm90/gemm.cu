@@ -40,21 +40,7 @@ const std::optional<GemmShapeId>& forced_gemm_shape() {
 }  // namespace
 
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, int64_t rows) {
-  static const bool print = std::getenv("NVFP4MOE_PRINT_CONFIG") != nullptr;
-  const GemmShapeId id =
-      forced_gemm_shape().value_or(gemm_shape_for(routed_slots, num_local_experts, rows));
-  static std::once_flag printed;
-  if (print) {
-    std::call_once(printed, [&] {
-      const GemmShape s = gemm_shape(id);
-      std::fprintf(stderr,
-                   "nvfp4moe: gemm shape for %lld routed slots over %lld experts: %d warps x %d "
-                   "row groups, %d tokens per tile\n",
-                   static_cast<long long>(routed_slots), static_cast<long long>(num_local_experts),
-                   s.warps, s.groups_per_warp, s.tile_tokens);
-    });
-  }
-  return id;
+  return forced_gemm_shape().value_or(gemm_shape_for(routed_slots, num_local_experts, rows));
 }
 
 GemmShapeId select_down_gemm_shape(GemmShapeId gate_up, int64_t routed_slots,

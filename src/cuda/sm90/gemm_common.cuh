@@ -151,9 +151,9 @@ struct WeightStream {
     w.valid = group < p.row_groups;
     w.k_chunks = p.k_chunks;
     const int64_t g = w.valid ? group : 0;
-    w.codes = static_cast<const uint4*>(p.codes) + expert * (p.expert_code_bytes / 16) +
+    w.codes = static_cast<const uint4*>(p.weights.codes) + expert * (p.expert_code_bytes / 16) +
               g * p.k_chunks * 32 + lane;
-    w.scales = static_cast<const uint2*>(p.scales) + expert * (p.expert_scale_bytes / 8) +
+    w.scales = static_cast<const uint2*>(p.weights.scales) + expert * (p.expert_scale_bytes / 8) +
                g * p.k_chunks * 8 + lane / 4;
     return w;
   }

@@ -1,6 +1,6 @@
 // Which tile shape a routed problem gets: pure functions of the problem's sizes (tested in
 // tests/cuda/test_cuda_kernels.cpp), and the run-time entry that also honours
-// NVFP4MOE_GEMM_SHAPE and prints each distinct choice once under NVFP4MOE_PRINT_CONFIG.
+// NVFP4MOE_GEMM_SHAPE.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +56,8 @@ constexpr GemmShapeId down_gemm_shape_for(GemmShapeId gate_up, int64_t routed_sl
 }
 
 // gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE=small|wgmma16|wgmma32|wgmma64|wgmma128 forces a shape
-// (for tuning); the choice is printed once when NVFP4MOE_PRINT_CONFIG is set.
+// (for tuning). The family (family.cpp) prints each distinct choice once under
+// NVFP4MOE_PRINT_CONFIG.
 GemmShapeId select_gemm_shape(int64_t routed_slots, int64_t num_local_experts, int64_t rows);
 // down_gemm_shape_for, unless NVFP4MOE_GEMM_SHAPE forces both GEMMs' shape.
 GemmShapeId select_down_gemm_shape(GemmShapeId gate_up, int64_t routed_slots,

@@ -127,7 +127,7 @@ struct WeightLoader {
     static_assert(int64_t(kGroupStep) * kMaxKChunks * kCodeBytesPerChunk <= 0xFFFFFFFFll,
                   "a row group's stride must fit 32 bits");
     code_group_stride = uint32_t(kGroupStep * kCodeBytesPerChunk) * uint32_t(p.k_chunks);
-    codes = static_cast<const uint8_t*>(p.codes) + expert * p.expert_code_bytes +
+    codes = static_cast<const uint8_t*>(p.weights.codes) + expert * p.expert_code_bytes +
             int64_t(min(code_group, p.row_groups - 1)) * p.k_chunks * kCodeBytesPerChunk +
             (thread % 32) * 16;
     valid_codes = 0;
@@ -137,7 +137,7 @@ struct WeightLoader {
     }
     const int scale_group = group0 + thread / 4;
     valid_scales = thread < Cfg::kBlockGroups * 4 && scale_group < p.row_groups;
-    scales = static_cast<const uint8_t*>(p.scales) + expert * p.expert_scale_bytes +
+    scales = static_cast<const uint8_t*>(p.weights.scales) + expert * p.expert_scale_bytes +
              int64_t(min(scale_group, p.row_groups - 1)) * p.k_chunks * kScaleBytesPerChunk +
              (thread % 4) * 16;
   }
