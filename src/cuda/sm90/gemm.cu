@@ -72,8 +72,8 @@ cudaError_t launch_shape(const GemmParams& p, int grid_y, cudaStream_t stream, b
   const dim3 grid((p.row_groups + s.rows_per_block() / 16 - 1) / (s.rows_per_block() / 16), grid_y);
   if constexpr (s.wgmma_unit_n == 0) {
     using Cfg = GemmConfig<s.warps, s.groups_per_warp, s.tile_tokens, s.a_prefetch>;
-    return launch_kernel(&grouped_gemm_kernel<Cfg, kEpilogue>, grid, dim3(Cfg::kThreads), 0, stream,
-                         programmatic, p);
+    return launch_kernel(&mma_sync_gemm_kernel<Cfg, kEpilogue>, grid, dim3(Cfg::kThreads), 0,
+                         stream, programmatic, p);
   } else {
     static_assert(s.warps % 4 == 0, "wgmma: whole warpgroups");
     using Cfg =

@@ -49,7 +49,7 @@ struct GemmConfig {
 };
 
 template <class Cfg, Epilogue kEpilogue>
-__global__ void __launch_bounds__(Cfg::kThreads) grouped_gemm_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads) mma_sync_gemm_kernel(const GemmParams p) {
   __shared__ alignas(128) uint16_t smem_b[Cfg::kSlots * Cfg::kSlotElements];
 
   // Launched programmatically, the kernel ahead may still be running (gemm_params.hpp).
