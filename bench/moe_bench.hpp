@@ -1,4 +1,4 @@
-// `nvfp4moe bench`: the NVFP4 MoE layer on the GPU at the model shapes of docs/performance.md, every figure
+// `nvfp4moe bench`: the NVFP4 MoE layer on the GPU at the model shapes of docs/performance-log.md, every figure
 // printed next to ceilings and a peer measured in the same run:
 //   - ceilings: device-to-device copy bandwidth (bytes read + written), cuBLAS BF16 matmul rate;
 //   - floors per T: active experts' NVFP4 bytes over that bandwidth, BF16 FLOPs over that rate;

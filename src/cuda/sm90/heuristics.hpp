@@ -16,7 +16,7 @@ inline constexpr int64_t kWgmma16MinBlocks = 100;
 
 // The shape for a batch of `routed_slots` over `num_local_experts` experts whose (first) matrix
 // has `rows` rows, by the mean number of tokens an active expert receives. Measured on an H200
-// (DeepSeek-V3 layer, forced shapes, docs/performance.md, version 9):
+// (DeepSeek-V3 layer, forced shapes, docs/performance-log.md, version 9):
 // - 16-token wgmma tiles from 2 to 12 tokens per expert, where they have blocks enough (T = 16:
 //   0.73 ms against 0.78 with the 8-token tiles; T = 320: 1.89-1.98 against 2.06-2.08 with the
 //   32-token and 2.19-2.26 with the 64-token tiles; T = 384: a tie of all three);

@@ -43,7 +43,7 @@ constexpr GemmShape gemm_shape(GemmShapeId id) {
       // NOTE: 3 warpgroups of 2 row groups per warp, not 2 of 3 (the same 384 rows): one more
       // warp per scheduler to hide the decode's latency, which a 32-register producer leaves
       // the registers for. Shape forced, T = 512 / 768 / 1024 / 1280 / 2048 5-10% / 4-11% /
-      // 5-11% / 1-4% / 1-2% faster (docs/performance.md, version 9).
+      // 5-11% / 1-4% / 1-2% faster (docs/performance-log.md, version 9).
       // NOTE: 8 stages, not 12: a power of two for the stage index, and T = 1024 7% faster.
       return {12, 2, 64, 0, 32, 8};
     case GemmShapeId::kWgmma128:

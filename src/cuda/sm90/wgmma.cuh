@@ -66,7 +66,7 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 // D(64 x kN, fp32) += A(64 x 16, bf16 registers) * B(16 x kN, bf16 shared): kN / 2 accumulators
 // per thread, four per n8 block in order, so the accumulators of a narrower MMA are the leading
 // ones of a wider one's (`leading`). The tile shapes cut their tokens into units of kN, the last
-// one narrower when it holds few tokens (docs/performance.md, versions 5 and 6).
+// one narrower when it holds few tokens (docs/performance-log.md, versions 5 and 6).
 template <int kCount, int kAll>
 __device__ __forceinline__ float (&leading(float (&d)[kAll]))[kCount] {
   static_assert(kCount <= kAll, "a prefix of the accumulators");
