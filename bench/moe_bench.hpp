@@ -1,5 +1,5 @@
-// `nvfp4moe bench`: the NVFP4 MoE layer on the GPU at the model shapes of docs/performance-log.md, every figure
-// printed next to ceilings and a peer measured in the same run:
+// `nvfp4moe bench`: the NVFP4 MoE layer on the GPU at the model shapes of docs/performance-log.md,
+// every figure printed next to ceilings and a peer measured in the same run:
 //   - ceilings: device-to-device copy bandwidth (bytes read + written), cuBLAS BF16 matmul rate;
 //   - floors per T: active experts' NVFP4 bytes over that bandwidth, BF16 FLOPs over that rate;
 //   - peer: a BF16 MoE on cuBLAS grouped GEMM, same routing, same process.

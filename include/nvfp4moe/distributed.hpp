@@ -1,5 +1,5 @@
-// Expert parallelism across GPUs through NCCL (docs/numerics.md §4: each rank holds a contiguous range
-// of experts and computes its partial sum; the layer reduces them).
+// Expert parallelism across GPUs through NCCL (docs/numerics.md §4: each rank holds a contiguous
+// range of experts and computes its partial sum; the layer reduces them).
 //
 // Every rank passes the same number of its own tokens and gets the finished output of its
 // tokens, rounded to bf16 once, as on a single GPU. Two transports:

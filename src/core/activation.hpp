@@ -1,6 +1,6 @@
-// The gated activations of docs/numerics.md §4 step 3, shared by the CPU reference and the CUDA epilogue.
-// Computed in fp32. Device code gets the accurate expf (no fast-math), so backends agree to
-// within an ulp or two.
+// The gated activations of docs/numerics.md §4 step 3, shared by the CPU reference and the CUDA
+// epilogue. Computed in fp32. Device code gets the accurate expf (no fast-math), so backends agree
+// to within an ulp or two.
 #pragma once
 
 #include <cmath>

@@ -35,8 +35,8 @@ TEST(ModelOpt, FindsTheMoeLayersOfAShardedHfCheckpoint) {
   EXPECT_EQ(named[1].layer, 3);
 }
 
-// Every byte and scale lands where the stacked layout of nvfp4moe/moe.hpp says, gate and up keep their own
-// global scales, and an expert-parallel slice starts at its first expert.
+// Every byte and scale lands where the stacked layout of nvfp4moe/moe.hpp says, gate and up keep
+// their own global scales, and an expert-parallel slice starts at its first expert.
 TEST(ModelOpt, ImportsExactBytesAndSeparateGateUpScales) {
   const auto checkpoint = Checkpoint::open(fixtures_dir() / "modelopt_hf");
   const MoeLayerInfo layer = describe_moe_layer(checkpoint, 3, ExpertNaming::hf());

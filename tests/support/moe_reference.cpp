@@ -44,8 +44,8 @@ struct GatedActivation {
   }
 };
 
-// One NVFP4 quantization of a float row with global scale g, the docs/numerics.md §2 steps in fp32 with
-// the reference's own encoders. Returns e2m1 * e4m3 per element (no global scale).
+// One NVFP4 quantization of a float row with global scale g, the docs/numerics.md §2 steps in fp32
+// with the reference's own encoders. Returns e2m1 * e4m3 per element (no global scale).
 std::vector<double> quantize_row(const std::vector<float>& row, float g) {
   std::vector<double> out(row.size());
   for (size_t b = 0; b < row.size(); b += 16) {
