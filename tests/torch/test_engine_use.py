@@ -211,7 +211,10 @@ def test_many_layers_hold_one_workspace():
     grown = rss() - before
     assert nvfp4moe.workspace.nbytes("cpu") == one
     weights = sum(b.numel() * b.element_size() for b in layers[0].buffers())
-    assert grown < 9 * weights + one, (grown, weights, one)  # ten private ones: 10 * one
+    # Nine more private workspaces would add 9 * one. The CPU backend's per-expert scratch
+    # (up to ~4 MB per task here, kept by the threads' malloc arenas after it is freed) is
+    # noise of about one workspace, so the bound sits well between the two.
+    assert grown < 9 * weights + 4 * one, (grown, weights, one)
 
 
 @needs_cuda
