@@ -60,7 +60,7 @@ void run_layer(const RunOptions& o) {
   config.mode = parse_mode(o.mode);
   apply_layer_options(o.layer_options, config);
   config.validate();
-  const Device device = parse_device(o.layer_options.device);
+  const Device device = device_for_mode(o.layer_options.device, config.mode);
 
   Progress progress(fmt::format("importing layer {}", layer.layer));
   const MoeWeights weights =
@@ -103,8 +103,10 @@ void add_run(CLI::App& app) {
   app.add_option("--top-k", o->top_k, "Experts per token")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}))
       ->capture_default_str();
-  app.add_option("--mode", o->mode, "w4a16 (BF16 activations) or w4a4 (NVFP4 activations)")
-      ->check(CLI::IsMember({"w4a16", "w4a4"}))
+  app.add_option("--mode", o->mode,
+                 "w4a16 (BF16 activations), w4a4 (NVFP4 activations) or w4a8 (FP8 operands, "
+                 "approximate; CPU only so far)")
+      ->check(CLI::IsMember({"w4a16", "w4a4", "w4a8"}))
       ->capture_default_str();
   app.add_option("--first-expert", o->first_expert,
                  "First expert this rank holds (expert parallelism)")

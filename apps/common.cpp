@@ -172,6 +172,11 @@ void apply_layer_options(const LayerOptions& options, MoeConfig& config) {
 
 QuantMode parse_mode(const std::string& name) { return parse_quant_mode(name, "--mode"); }
 
+Device device_for_mode(const std::string& device, QuantMode mode) {
+  if (device == "auto" && mode == QuantMode::kW4A8) return Device::kCpu;
+  return parse_device(device);
+}
+
 }  // namespace nvfp4moe::app
 
 namespace nvfp4moe::app {

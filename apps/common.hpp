@@ -80,6 +80,9 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
 // Sets activation, swiglu_limit and activation_scale of `config` from the options.
 void apply_layer_options(const LayerOptions& options, MoeConfig& config);
 QuantMode parse_mode(const std::string& name);
+// The backend for --device and a mode: "auto" is the best device that serves the mode (W4A8 runs
+// on the CPU reference only so far), an explicit device is taken as asked.
+Device device_for_mode(const std::string& device, QuantMode mode);
 
 // An Error when an output is not finite or its cosine against the reference is below
 // `min_cosine`: a broken layer must not pass for a working one.

@@ -175,4 +175,36 @@ NVFP4MOE_HD float nvfp4_element_value(uint8_t code, uint8_t scale_code) {
   return e2m1_decode(code) * e4m3_decode(scale_code);
 }
 
+// ---- W4A8's FP8 operands (docs/numerics.md §5) -----------------------------------------------
+// Both operands of a W4A8 GEMM are E4M3 values in groups of 128 consecutive elements of a row
+// (the last group of a row may be shorter), each group with a power-of-two scale 2^E:
+//
+//   E = the smallest integer >= kFp8MinExponent with amax(group) * 2^-E <= 448 (0 for a group of
+//       zeros);  q = e4m3_rne(x * 2^-E);  x ~ q * 2^E.
+//
+// x * 2^-E is exact, so each element is rounded once. Weights enter as their exact NVFP4 values
+// e2m1 * e4m3 (without the global scale), activations as bf16.
+
+inline constexpr int kFp8GroupSize = 128;
+inline constexpr int kFp8MinExponent = -126;  // 2^-E stays a normal fp32 number
+
+// 2^e as fp32, for e in [-126, 127].
+NVFP4MOE_HD float exp2_int(int e) { return bits_to_float(static_cast<uint32_t>(e + 127) << 23); }
+
+// The group exponent E for a group whose largest magnitude is `amax` (finite, >= 0).
+NVFP4MOE_HD int fp8_group_exponent(float amax) {
+  const uint32_t bits = float_to_bits(amax) & 0x7FFFFFFFu;
+  if (bits == 0) return 0;
+  if (bits < 0x00800000u) return kFp8MinExponent;  // subnormal: below 448 * 2^-126
+  // amax = 1.m * 2^i: 448 * 2^(i-8) = 1.75 * 2^i is at least amax exactly when m <= 0.75.
+  const int i = static_cast<int>(bits >> 23) - 127;
+  const int e = i - 8 + ((bits & 0x7FFFFFu) > 0x600000u ? 1 : 0);
+  return e < kFp8MinExponent ? kFp8MinExponent : e;
+}
+
+// One element's E4M3 code in a group of exponent E.
+NVFP4MOE_HD uint8_t fp8_group_code(float x, int group_exponent) {
+  return e4m3_encode(x * exp2_int(-group_exponent));
+}
+
 }  // namespace nvfp4moe

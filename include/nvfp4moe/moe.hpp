@@ -25,6 +25,7 @@ namespace nvfp4moe {
 enum class QuantMode {
   kW4A16,  // NVFP4 weights, BF16 activations
   kW4A4,   // NVFP4 weights and activations
+  kW4A8,   // NVFP4 weights and activations as FP8 E4M3 in groups of 128 (approximate; opt-in)
 };
 
 enum class ActivationScale {
@@ -59,7 +60,7 @@ struct MoeConfig {
   int64_t top_k = 0;
   int64_t max_tokens = 0;  // the most tokens one forward may carry
   QuantMode mode = QuantMode::kW4A16;
-  ActivationScale activation_scale = ActivationScale::kDynamic;  // W4A4 only
+  ActivationScale activation_scale = ActivationScale::kDynamic;  // W4A4 only (W4A8: dynamic)
   Activation activation = Activation::kSilu;
   float swiglu_limit = 10.0f;  // kSwigluClamped only
 

@@ -15,7 +15,7 @@ import torch
 from . import workspace as _workspace
 from ._ops import _ops, check_errors, prepare_weights
 
-_MODES = ("w4a16", "w4a4")
+_MODES = ("w4a16", "w4a4", "w4a8")
 _SCALES = ("dynamic", "static")
 _ACTIVATIONS = ("silu", "swiglu_clamped")
 

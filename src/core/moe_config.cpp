@@ -10,7 +10,17 @@
 
 namespace nvfp4moe {
 
-const char* to_string(QuantMode mode) { return mode == QuantMode::kW4A16 ? "W4A16" : "W4A4"; }
+const char* to_string(QuantMode mode) {
+  switch (mode) {
+    case QuantMode::kW4A16:
+      return "W4A16";
+    case QuantMode::kW4A4:
+      return "W4A4";
+    case QuantMode::kW4A8:
+      return "W4A8";
+  }
+  return "?";
+}
 const char* to_string(ActivationScale scale) {
   return scale == ActivationScale::kDynamic ? "dynamic" : "static";
 }
@@ -43,8 +53,9 @@ Enum parse_enum(std::string_view name, std::string_view what,
 }  // namespace
 
 QuantMode parse_quant_mode(std::string_view name, std::string_view what) {
-  return parse_enum<QuantMode, 2>(name, what,
-                                  {{{"w4a16", QuantMode::kW4A16}, {"w4a4", QuantMode::kW4A4}}});
+  return parse_enum<QuantMode, 3>(
+      name, what,
+      {{{"w4a16", QuantMode::kW4A16}, {"w4a4", QuantMode::kW4A4}, {"w4a8", QuantMode::kW4A8}}});
 }
 
 ActivationScale parse_activation_scale(std::string_view name, std::string_view what) {
@@ -86,6 +97,10 @@ void MoeConfig::validate() const {
           kMaxTopK);
   require(max_tokens >= 1 && max_tokens <= kMaxTokens, kArg,
           "MoeConfig: max_tokens = {}, expected 1..{}", max_tokens, kMaxTokens);
+  require(!(mode == QuantMode::kW4A8 && activation_scale == ActivationScale::kStatic), kArg,
+          "MoeConfig: activation_scale = static is W4A4's; W4A8 scales its activations per token "
+          "and group of {} from the data (use dynamic)",
+          kFp8GroupSize);
   if (activation == Activation::kSwigluClamped) {
     require(std::isfinite(swiglu_limit) && swiglu_limit > 0.0f, kArg,
             "MoeConfig: swiglu_limit = {}, expected a finite value > 0", swiglu_limit);

@@ -20,6 +20,10 @@ void LinearConfig::validate() const {
   }
   require(max_tokens >= 1 && max_tokens <= (int64_t{1} << 24), kArg,
           "LinearConfig: max_tokens = {}, expected 1..2^24", max_tokens);
+  require(!(mode == QuantMode::kW4A8 && activation_scale == ActivationScale::kStatic), kArg,
+          "LinearConfig: activation_scale = static is W4A4's; W4A8 scales its activations per "
+          "token and group of {} from the data (use dynamic)",
+          kFp8GroupSize);
 }
 
 namespace {
@@ -40,25 +44,34 @@ class CpuLinear final : public Nvfp4Linear {
     if (tokens == 0) return;
     const int64_t in = config_.in_features, out_features = config_.out_features;
     const bool w4a4 = config_.mode == QuantMode::kW4A4;
+    const bool w4a8 = config_.mode == QuantMode::kW4A8;
     float g = 1.0f;
-    if (w4a4) {
-      const float amax =
-          finite_amax(std::span(x, static_cast<size_t>(tokens * in)), "linear: x (W4A4)", in);
-      g = config_.activation_scale == ActivationScale::kDynamic ? nvfp4_dynamic_global_scale(amax)
-                                                                : input_scale_;
+    if (w4a4 || w4a8) {
+      const float amax = finite_amax(std::span(x, static_cast<size_t>(tokens * in)),
+                                     w4a4 ? "linear: x (W4A4)" : "linear: x (W4A8)", in);
+      if (w4a4) {
+        g = config_.activation_scale == ActivationScale::kDynamic ? nvfp4_dynamic_global_scale(amax)
+                                                                  : input_scale_;
+      }
     }
     std::vector<float> a(static_cast<size_t>(tokens * in));
     for (size_t i = 0; i < a.size(); ++i) a[i] = bf16_to_float(x[i]);
     if (w4a4) {
       for (int64_t t = 0; t < tokens; ++t) cpu::quantize_dequantize_row(&a[t * in], in, g);
     }
+    // W4A8: both operands as FP8 groups (numerics §5).
+    std::vector<cpu::Fp8Row> a8(w4a8 ? static_cast<size_t>(tokens) : 0);
+    for (int64_t t = 0; t < int64_t(a8.size()); ++t) cpu::quantize_fp8_row(&a[t * in], in, a8[t]);
     const float alpha = g * weight_.global_scale;
     parallel_for(out_features, [&](int64_t n) {
       std::vector<float> row(static_cast<size_t>(in));
       decode_nvfp4_row(weight_.values + n * in / 2, weight_.scales + n * in / kBlockSize, in,
                        row.data());
+      cpu::Fp8Row w8;
+      if (w4a8) cpu::quantize_fp8_row(row.data(), in, w8);
       for (int64_t t = 0; t < tokens; ++t) {
-        out[t * out_features + n] = float_to_bf16(alpha * cpu::dot(&a[t * in], row.data(), in));
+        const float sum = w4a8 ? cpu::fp8_dot(a8[t], w8, in) : cpu::dot(&a[t * in], row.data(), in);
+        out[t * out_features + n] = float_to_bf16(alpha * sum);
       }
     });
   }

@@ -5,8 +5,10 @@
 //   1. route     bucket the (token, slot) pairs by local expert, in slot order
 //   2. gate/up   per expert: decode each W13 row once, dot it with every routed activation,
 //                apply alpha and the activation; h is kept in fp32 (W4A4) or rounded to bf16
+//                (W4A16, W4A8)
 //   3. down      per expert: quantize h (W4A4, g2 static or over the whole batch), decode each W2
 //                row once and dot it with every routed h
+//   W4A8 takes both operands of each dot product as FP8 groups (numerics §5).
 //   4. combine   per token: out = bf16(sum_j topk_weights[t, j] * y[t, j]) in slot order
 //
 // Weights come from an ExpertRows source: NVFP4 codes decoded row by row for the reference
@@ -33,7 +35,10 @@ namespace nvfp4moe {
 namespace {
 
 using cpu::dot;
+using cpu::fp8_dot;
+using cpu::Fp8Row;
 using cpu::quantize_dequantize_row;
+using cpu::quantize_fp8_row;
 
 struct Workspace {
   int32_t* slot_expert;     // [T*k] local expert of each slot, -1 when skipped
@@ -148,10 +153,12 @@ class CpuMoeRunner final : public MoeRunner {
     // W4A4 quantizes the hidden states, which must therefore be finite; the amax also gives
     // the dynamic g1.
     const float hidden_amax =
-        config_.mode == QuantMode::kW4A4
+        config_.mode != QuantMode::kW4A16
             ? finite_amax(
                   std::span(args.hidden, static_cast<size_t>(args.num_tokens * config_.hidden)),
-                  "forward: hidden (W4A4 quantizes it)", config_.hidden)
+                  config_.mode == QuantMode::kW4A4 ? "forward: hidden (W4A4 quantizes it)"
+                                                   : "forward: hidden (W4A8 quantizes it)",
+                  config_.hidden)
             : 0.0f;
     gate_up(args, hidden_amax, ws);
     down(ws);
@@ -206,6 +213,7 @@ class CpuMoeRunner final : public MoeRunner {
     const int64_t inter = config_.intermediate;
     const int64_t k = config_.top_k;
     const bool w4a4 = config_.mode == QuantMode::kW4A4;
+    const bool w4a8 = config_.mode == QuantMode::kW4A8;
     const bool dynamic = config_.activation_scale == ActivationScale::kDynamic;
     const float batch_g1 = nvfp4_dynamic_global_scale(hidden_amax);
     const bool clamped = config_.activation == Activation::kSwigluClamped;
@@ -223,13 +231,20 @@ class CpuMoeRunner final : public MoeRunner {
           row[c] = bf16_to_float(args.hidden[token * hidden + c]);
         if (w4a4) quantize_dequantize_row(row, hidden, g1);
       }
+      // W4A8: both operands as FP8 groups (numerics §5).
+      std::vector<Fp8Row> a8(w4a8 ? static_cast<size_t>(count) : 0);
+      for (int32_t i = 0; i < int32_t(a8.size()); ++i)
+        quantize_fp8_row(&a[i * hidden], hidden, a8[i]);
       // acc[i, r] for r in [0, 2I): rows [0, I) gate, [I, 2I) up.
       std::vector<float> acc(static_cast<size_t>(count * 2 * inter));
       std::vector<float> w_row(static_cast<size_t>(hidden));
+      Fp8Row w8;
       for (int64_t r = 0; r < 2 * inter; ++r) {
         rows_->gate_up_row(e, r, w_row.data());
+        if (w4a8) quantize_fp8_row(w_row.data(), hidden, w8);
         for (int32_t i = 0; i < count; ++i) {
-          acc[i * 2 * inter + r] = dot(&a[i * hidden], w_row.data(), hidden);
+          acc[i * 2 * inter + r] =
+              w4a8 ? fp8_dot(a8[i], w8, hidden) : dot(&a[i * hidden], w_row.data(), hidden);
         }
       }
       const float alpha_gate = g1 * rows_->gate_scale(e);
@@ -252,17 +267,20 @@ class CpuMoeRunner final : public MoeRunner {
     const int64_t inter = config_.intermediate;
     const int64_t num_routed = ws.expert_offsets[config_.num_local_experts];
     const bool w4a4 = config_.mode == QuantMode::kW4A4;
+    const bool w4a8 = config_.mode == QuantMode::kW4A8;
     const bool dynamic = config_.activation_scale == ActivationScale::kDynamic;
     float batch_g2 = 1.0f;
-    if (w4a4) {
+    if (w4a4 || w4a8) {
       for (int64_t i = 0; i < num_routed; ++i) {
         const float* h = ws.h + ws.expert_slots[i] * inter;
         require(std::all_of(h, h + inter, [](float v) { return std::isfinite(v); }),
                 ErrorKind::kInvalidArgument,
-                "forward: the intermediate activation of slot {} is not finite; W4A4 cannot "
+                "forward: the intermediate activation of slot {} is not finite; {} cannot "
                 "quantize it (are the weights or hidden states too large?)",
-                ws.expert_slots[i]);
+                ws.expert_slots[i], to_string(config_.mode));
       }
+    }
+    if (w4a4) {
       if (dynamic) {
         float amax = 0.0f;
         for (int64_t i = 0; i < num_routed; ++i) {
@@ -283,13 +301,20 @@ class CpuMoeRunner final : public MoeRunner {
           quantize_dequantize_row(ws.h + ws.expert_slots[begin + i] * inter, inter, g2);
         }
       }
+      std::vector<Fp8Row> h8(w4a8 ? static_cast<size_t>(count) : 0);
+      for (int32_t i = 0; i < int32_t(h8.size()); ++i) {
+        quantize_fp8_row(ws.h + ws.expert_slots[begin + i] * inter, inter, h8[i]);
+      }
       const float alpha = g2 * rows_->down_scale(e);
       std::vector<float> w_row(static_cast<size_t>(inter));
+      Fp8Row w8;
       for (int64_t n = 0; n < hidden; ++n) {
         rows_->down_row(e, n, w_row.data());
+        if (w4a8) quantize_fp8_row(w_row.data(), inter, w8);
         for (int32_t i = 0; i < count; ++i) {
           const int32_t slot = ws.expert_slots[begin + i];
-          ws.y[slot * hidden + n] = alpha * dot(ws.h + slot * inter, w_row.data(), inter);
+          ws.y[slot * hidden + n] = alpha * (w4a8 ? fp8_dot(h8[i], w8, inter)
+                                                  : dot(ws.h + slot * inter, w_row.data(), inter));
         }
       }
     });

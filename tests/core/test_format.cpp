@@ -14,6 +14,7 @@ using testing::reference_e2m1_encode;
 using testing::reference_e2m1_value;
 using testing::reference_e4m3_encode;
 using testing::reference_e4m3_value;
+using testing::reference_fp8_group_exponent;
 
 TEST(E2M1, DecodesTheSixteenCodes) {
   const float magnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
@@ -149,6 +150,51 @@ TEST(Nvfp4Element, ProductsAreExactInBf16) {
       EXPECT_EQ(static_cast<double>(v), reference_e2m1_value(static_cast<uint8_t>(code)) *
                                             reference_e4m3_value(static_cast<uint8_t>(scale)));
       EXPECT_EQ(bf16_to_float(float_to_bf16(v)), v) << code << " x " << scale;
+    }
+  }
+}
+
+// W4A8's group exponent (docs/numerics.md §5) for every positive bf16 (every activation amax a
+// group can have) and for fp32 values on both sides of each binade's threshold 1.75 * 2^i.
+TEST(Fp8Group, ExponentIsTheSmallestThatFitsUnder448) {
+  for (uint32_t bits = 0; bits < 0x7F80; ++bits) {
+    const float amax = bf16_to_float(static_cast<uint16_t>(bits));
+    ASSERT_EQ(fp8_group_exponent(amax), reference_fp8_group_exponent(amax)) << amax;
+  }
+  for (int i = -149; i <= 127; ++i) {
+    const float at = std::ldexp(1.75f, i);  // 0 below the subnormal range's reach
+    for (const float amax : {std::ldexp(1.0f, i), at, std::nextafter(at, 0.0f),
+                             std::nextafter(at, 1e30f), std::ldexp(1.9999999f, i)}) {
+      if (!std::isfinite(amax) || amax <= 0.0f) continue;
+      ASSERT_EQ(fp8_group_exponent(amax), reference_fp8_group_exponent(amax)) << amax;
+    }
+  }
+  EXPECT_EQ(fp8_group_exponent(0.0f), 0);
+  EXPECT_EQ(fp8_group_exponent(448.0f), 0);
+  EXPECT_EQ(fp8_group_exponent(448.00003f), 1);
+  EXPECT_EQ(fp8_group_exponent(1.0f), -8);  // 1 * 2^8 = 256 fits; 512 would not
+  EXPECT_EQ(fp8_group_exponent(std::numeric_limits<float>::max()), 120);
+  EXPECT_EQ(fp8_group_exponent(std::numeric_limits<float>::denorm_min()), kFp8MinExponent);
+}
+
+// A group's codes: the scaled value rounded once, as the nearest-value search rounds it.
+TEST(Fp8Group, CodesRoundTheScaledValueOnce) {
+  for (const int e : {-126, -20, -9, -8, -1, 0, 1, 3, 30, 120}) {
+    for (uint32_t bits = 0; bits < 65536; ++bits) {
+      const float x = bf16_to_float(static_cast<uint16_t>(bits));
+      if (!std::isfinite(x)) continue;
+      const double scaled = std::ldexp(static_cast<double>(x), -e);
+      ASSERT_EQ(fp8_group_code(x, e), reference_e4m3_encode(scaled))
+          << x << " in a group of exponent " << e;
+    }
+  }
+  // NVFP4 weight values times every group exponent a row can get: one rounding of an exact value.
+  for (int code = 0; code < 16; ++code) {
+    for (int scale = 0; scale < 0x7F; ++scale) {
+      const float w = nvfp4_element_value(static_cast<uint8_t>(code), static_cast<uint8_t>(scale));
+      for (int e = -16; e <= 4; ++e) {
+        ASSERT_EQ(fp8_group_code(w, e), reference_e4m3_encode(std::ldexp(double(w), -e)));
+      }
     }
   }
 }

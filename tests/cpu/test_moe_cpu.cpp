@@ -14,7 +14,9 @@
 #include "cpu/expert_rows.hpp"
 #include "nvfp4moe/error.hpp"
 #include "nvfp4moe/format.hpp"
+#include "nvfp4moe/linear.hpp"
 #include "nvfp4moe/moe.hpp"
+#include "nvfp4moe/quantize.hpp"
 #include "support/moe_reference.hpp"
 
 namespace nvfp4moe {
@@ -110,12 +112,43 @@ INSTANTIATE_TEST_SUITE_P(
         ModeCase{QuantMode::kW4A4, ActivationScale::kDynamic, Activation::kSilu},
         ModeCase{QuantMode::kW4A4, ActivationScale::kDynamic, Activation::kSwigluClamped},
         ModeCase{QuantMode::kW4A4, ActivationScale::kStatic, Activation::kSilu},
-        ModeCase{QuantMode::kW4A4, ActivationScale::kStatic, Activation::kSwigluClamped}),
+        ModeCase{QuantMode::kW4A4, ActivationScale::kStatic, Activation::kSwigluClamped},
+        ModeCase{QuantMode::kW4A8, ActivationScale::kDynamic, Activation::kSilu},
+        ModeCase{QuantMode::kW4A8, ActivationScale::kDynamic, Activation::kSwigluClamped}),
     [](const ::testing::TestParamInfo<ModeCase>& param_info) {
       const ModeCase& p = param_info.param;
       return std::string(to_string(p.mode)) + "_" + to_string(p.scale) + "_" +
              to_string(p.activation);
     });
+
+// W4A8 where groups of 128 are whole, several per row, and partial: H = 400 (3 whole groups and
+// one of 16), I = 256 (2 whole).
+TEST(CpuMoe, W4A8WithWholeAndPartialGroups) {
+  MoeConfig config = MoeConfig::single_rank(4, 400, 256, 2, 16);
+  config.mode = QuantMode::kW4A8;
+  const MoeWeights w = make_weights(4, 400, 256, 31);
+  expect_matches_reference(config, w, random_batch(config, 16, 32));
+}
+
+// W4A8's groups scale by powers of two of their own: a group of tiny activations next to one of
+// huge ones keeps its precision (one NVFP4 global scale for the row would flush it to zero).
+TEST(CpuMoe, W4A8GroupsScaleIndependently) {
+  MoeConfig config = MoeConfig::single_rank(2, 256, 128, 1, 4);
+  config.mode = QuantMode::kW4A8;
+  const MoeWeights w = make_weights(2, 256, 128, 41);
+  Batch b = random_batch(config, 4, 42);
+  for (int64_t t = 0; t < 4; ++t) {
+    for (int64_t c = 0; c < 128; ++c) {
+      uint16_t& v = b.hidden[t * 256 + c];
+      v = float_to_bf16(bf16_to_float(v) * 1e-6f);
+    }
+    for (int64_t c = 128; c < 256; ++c) {
+      uint16_t& v = b.hidden[t * 256 + c];
+      v = float_to_bf16(bf16_to_float(v) * 1e6f);
+    }
+  }
+  expect_matches_reference(config, w, b);
+}
 
 TEST(CpuMoe, OneExpertTopOne) {
   const MoeConfig config = small_config(1, 1, 9);
@@ -224,15 +257,69 @@ TEST(CpuMoe, CloseToTheUnquantizedLayerOnGaussianData) {
   std::vector<uint16_t> reference(static_cast<size_t>(T * H), kPoison);
   dense->forward({T, b.hidden.data(), b.ids.data(), b.weights.data(), reference.data()},
                  workspace.data(), nullptr);
+  std::vector<uint16_t> exact;  // W4A16's output
+  double w4a4_from_exact = 0.0;
   for (const auto& [mode, min_cosine] :
-       {std::pair{QuantMode::kW4A16, 0.98}, std::pair{QuantMode::kW4A4, 0.96}}) {
+       {std::pair{QuantMode::kW4A16, 0.98}, std::pair{QuantMode::kW4A4, 0.96},
+        std::pair{QuantMode::kW4A8, 0.975}}) {
     config.mode = mode;
-    const Accuracy a = compare_bf16(run_cpu(config, layer.nvfp4, b), reference);
+    const auto out = run_cpu(config, layer.nvfp4, b);
+    const Accuracy a = compare_bf16(out, reference);
     std::printf("[ accuracy ] %s vs unquantized bf16: cosine %.5f, relative L2 %.4f\n",
                 to_string(mode), a.cosine, a.relative_l2);
     RecordProperty(std::string(to_string(mode)) + "_relative_l2", std::to_string(a.relative_l2));
     EXPECT_TRUE(a.all_finite);
     EXPECT_GE(a.cosine, min_cosine) << to_string(mode);
+    if (mode == QuantMode::kW4A16) {
+      exact = out;
+      continue;
+    }
+    const Accuracy from_exact = compare_bf16(out, exact);
+    std::printf("[ accuracy ] %s vs W4A16: cosine %.5f, relative L2 %.4f\n", to_string(mode),
+                from_exact.cosine, from_exact.relative_l2);
+    if (mode == QuantMode::kW4A4) w4a4_from_exact = from_exact.relative_l2;
+    // The FP8 mode's point: much nearer the exact result than W4A4.
+    if (mode == QuantMode::kW4A8) {
+      EXPECT_LT(from_exact.relative_l2, 0.5 * w4a4_from_exact);
+    }
+  }
+}
+
+// The dense linear layer in every mode against the float64 reference, with K holding whole and
+// partial FP8 groups.
+TEST(CpuLinear, MatchesTheReferenceInEveryMode) {
+  for (const int64_t in : {80, 400}) {
+    const int64_t out_features = 48, tokens = 5;
+    const auto w_bf16 = random_bf16(static_cast<size_t>(out_features * in), 0.05f, 7 + in);
+    std::vector<float> w(w_bf16.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = bf16_to_float(w_bf16[i]);
+    const NvFp4Tensor weight = quantize_nvfp4(w, out_features, in);
+    const auto x = random_bf16(static_cast<size_t>(tokens * in), 1.0f, 8 + in);
+    for (const QuantMode mode : {QuantMode::kW4A16, QuantMode::kW4A4, QuantMode::kW4A8}) {
+      SCOPED_TRACE(std::string(to_string(mode)) + " in " + std::to_string(in));
+      const float input_scale = 4.0f / 2688;
+      const ActivationScale scale =
+          mode == QuantMode::kW4A4 ? ActivationScale::kStatic : ActivationScale::kDynamic;
+      LinearConfig config{in, out_features, tokens, mode, scale};
+      auto layer = make_linear(Device::kCpu, config, weight.view(), input_scale);
+      std::vector<uint16_t> out(static_cast<size_t>(tokens * out_features), kPoison);
+      layer->forward(tokens, x.data(), out.data(), nullptr, nullptr);
+      const auto reference = testing::reference_linear(weight, tokens, x.data(), mode, input_scale,
+                                                       std::ldexp(1.0, -24));
+      EXPECT_EQ(testing::check_against_reference(out, reference, out_features), "");
+    }
+  }
+}
+
+TEST(CpuMoe, W4A8RefusesStaticActivationScales) {
+  MoeConfig config = small_config(4, 2, 8);
+  config.mode = QuantMode::kW4A8;
+  config.activation_scale = ActivationScale::kStatic;
+  try {
+    config.validate();
+    FAIL() << "static W4A8 accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("W4A8 scales its activations per token"));
   }
 }
 

@@ -114,6 +114,59 @@ void requantize_with_bounds(const std::vector<double>& h, const std::vector<doub
   }
 }
 
+// W4A8's FP8 group quantization (docs/numerics.md §5) of exact values, in place: per group of
+// 128 the exponent of its amax, then each value rounded once to E4M3 at that scale.
+double fp8_round(double x, int e) {
+  return std::ldexp(reference_e4m3_value(reference_e4m3_encode(std::ldexp(x, -e))), e);
+}
+
+template <typename T>
+void fp8_quantize_in_place(T* row, int64_t n) {
+  for (int64_t b = 0; b < n; b += 128) {
+    const int64_t end = std::min(n, b + 128);
+    double amax = 0.0;
+    for (int64_t i = b; i < end; ++i) amax = std::max(amax, std::fabs(double(row[i])));
+    const int e = reference_fp8_group_exponent(amax);
+    for (int64_t i = b; i < end; ++i) row[i] = static_cast<T>(fp8_round(double(row[i]), e));
+  }
+}
+
+// Terms of fp32 rounding error in a W4A8 dot product of length n: the sums within each group,
+// each group's sum rounded to fp32, and the additions of the groups.
+int64_t fp8_dot_terms(int64_t n) { return n + 2 * ((n + 127) / 128); }
+
+// W4A8's re-quantization of one routed h row under uncertainty: h rounded to bf16, then FP8
+// groups. Writes the reference's values and, per element, the largest deviation a backend's may
+// have from them (every group exponent and both ends of each element's interval considered).
+void requantize_fp8_with_bounds(const std::vector<double>& h, const std::vector<double>& eh,
+                                std::vector<double>& hq, std::vector<double>& delta) {
+  const int64_t n = static_cast<int64_t>(h.size());
+  hq.assign(h.size(), 0.0);
+  delta.assign(h.size(), 0.0);
+  for (int64_t b = 0; b < n; b += 128) {
+    const int64_t end = std::min(n, b + 128);
+    double amax = 0.0, amax_lo = 0.0, amax_hi = 0.0;
+    for (int64_t i = b; i < end; ++i) {
+      const double lo = reference_bf16_round(h[i] - eh[i]);
+      const double hi = reference_bf16_round(h[i] + eh[i]);
+      amax = std::max(amax, std::fabs(reference_bf16_round(h[i])));
+      amax_lo = std::max(amax_lo,
+                         (lo <= 0.0 && hi >= 0.0) ? 0.0 : std::min(std::fabs(lo), std::fabs(hi)));
+      amax_hi = std::max({amax_hi, std::fabs(lo), std::fabs(hi)});
+    }
+    const int e = reference_fp8_group_exponent(amax);
+    for (int64_t i = b; i < end; ++i) hq[i] = fp8_round(reference_bf16_round(h[i]), e);
+    for (int ec = reference_fp8_group_exponent(amax_lo);
+         ec <= reference_fp8_group_exponent(amax_hi); ++ec) {
+      for (int64_t i = b; i < end; ++i) {
+        const double lo = fp8_round(reference_bf16_round(h[i] - eh[i]), ec);
+        const double hi = fp8_round(reference_bf16_round(h[i] + eh[i]), ec);
+        delta[i] = std::max({delta[i], std::fabs(lo - hq[i]), std::fabs(hi - hq[i])});
+      }
+    }
+  }
+}
+
 }  // namespace
 
 double reference_e2m1_value(uint8_t code) {
@@ -176,12 +229,22 @@ double reference_bf16_round(double x) {
   return std::ldexp(std::nearbyint(std::ldexp(x, -shift)), shift);
 }
 
+int reference_fp8_group_exponent(double amax) {
+  if (amax == 0.0) return 0;
+  int e = -126;
+  while (std::ldexp(amax, -e) > 448.0) ++e;
+  return e;
+}
+
 ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
                               const ReferenceInputs& in, double u) {
   const int64_t H = config.hidden, I = config.intermediate, k = config.top_k;
   const int64_t T = in.num_tokens, E = config.num_local_experts;
   const bool w4a4 = config.mode == QuantMode::kW4A4;
+  const bool w4a8 = config.mode == QuantMode::kW4A8;
   const bool dynamic = config.activation_scale == ActivationScale::kDynamic;
+  const int64_t gate_terms = w4a8 ? fp8_dot_terms(H) : H;
+  const int64_t down_terms = w4a8 ? fp8_dot_terms(I) : I;
   const GatedActivation act{config.activation == Activation::kSwigluClamped, config.swiglu_limit};
 
   ReferenceOutput out;
@@ -234,6 +297,9 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
     if (by_expert[e].empty()) return;
     std::vector<float> gate_up;
     decode_rows(w.gate_up_values, w.gate_up_scales, e * 2 * I, 2 * I, H, gate_up);
+    if (w4a8) {
+      for (int64_t r = 0; r < 2 * I; ++r) fp8_quantize_in_place(&gate_up[r * H], H);
+    }
     const float g1 = !w4a4 ? 1.0f : dynamic ? batch_g1 : w.gate_up_input_scale[e];
     const double alpha_gate = float(g1 * w.gate_global_scale[e]);
     const double alpha_up = float(g1 * w.up_global_scale[e]);
@@ -248,6 +314,7 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
         a = quantize_row(x, g1);
       } else {
         for (int64_t c = 0; c < H; ++c) a[c] = x[c];
+        if (w4a8) fp8_quantize_in_place(a.data(), H);
       }
       for (int64_t r = 0; r < I; ++r) {
         const float* wg = &gate_up[r * H];
@@ -260,10 +327,10 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
           up_abs += std::fabs(a[c] * wu[c]);
         }
         const double g = alpha_gate * gate, v = alpha_up * up;
-        const double eg = std::fabs(alpha_gate) * gamma(H, u) * gate_abs * (1 + u) +
-                          u * std::fabs(g) * (1 + 2 * u) + H * kTiny;
-        const double ev = std::fabs(alpha_up) * gamma(H, u) * up_abs * (1 + u) +
-                          u * std::fabs(v) * (1 + 2 * u) + H * kTiny;
+        const double eg = std::fabs(alpha_gate) * gamma(gate_terms, u) * gate_abs * (1 + u) +
+                          u * std::fabs(g) * (1 + 2 * u) + gate_terms * kTiny;
+        const double ev = std::fabs(alpha_up) * gamma(gate_terms, u) * up_abs * (1 + u) +
+                          u * std::fabs(v) * (1 + 2 * u) + gate_terms * kTiny;
         const double gc = act.clamped ? std::min(g, act.limit) : g;
         const double vc = act.clamped ? std::clamp(v, -act.limit, act.limit) : v;
         const double h = act(g, v);
@@ -300,6 +367,9 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
     if (by_expert[e].empty()) return;
     std::vector<float> down;
     decode_rows(w.down_values, w.down_scales, e * H, H, I, down);
+    if (w4a8) {
+      for (int64_t n = 0; n < H; ++n) fp8_quantize_in_place(&down[n * I], I);
+    }
     float g2 = 1.0f;
     double slack = 0.0;
     if (w4a4) {
@@ -312,6 +382,8 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
       std::vector<double> hq(I), delta(I);
       if (w4a4) {
         requantize_with_bounds(s.h, s.eh, g2, slack, u, hq, delta);
+      } else if (w4a8) {
+        requantize_fp8_with_bounds(s.h, s.eh, hq, delta);
       } else {
         for (int64_t r = 0; r < I; ++r) {
           hq[r] = reference_bf16_round(s.h[r]);
@@ -331,8 +403,8 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
         }
         // Deviations of h, the fp32 sum, then alpha: its rounding and (dynamic g2) its slack.
         s.y[n] = alpha * y;
-        s.ey[n] = std::fabs(alpha) * (y_delta + gamma(I, u) * y_abs) * (1 + u) +
-                  (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) + I * kTiny;
+        s.ey[n] = std::fabs(alpha) * (y_delta + gamma(down_terms, u) * y_abs) * (1 + u) +
+                  (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) + down_terms * kTiny;
       }
     }
   });
@@ -371,6 +443,11 @@ ReferenceOutput reference_linear(const NvFp4Tensor& weight, int64_t tokens, cons
     const uint8_t code = (i % 2 == 0) ? (byte & 15) : (byte >> 4);
     w[i] = float(reference_e2m1_value(code) * reference_e4m3_value(weight.scales[i / 16]));
   }
+  const bool w4a8 = mode == QuantMode::kW4A8;
+  const int64_t terms = w4a8 ? fp8_dot_terms(K) : K;
+  if (w4a8) {
+    for (int64_t n = 0; n < N; ++n) fp8_quantize_in_place(&w[n * K], K);
+  }
   parallel_for(tokens, [&](int64_t t) {
     std::vector<float> xf(K);
     for (int64_t c = 0; c < K; ++c) xf[c] = float(bf16_value(x[t * K + c]));
@@ -379,6 +456,7 @@ ReferenceOutput reference_linear(const NvFp4Tensor& weight, int64_t tokens, cons
       a = quantize_row(xf, g);
     } else {
       for (int64_t c = 0; c < K; ++c) a[c] = xf[c];
+      if (w4a8) fp8_quantize_in_place(a.data(), K);
     }
     for (int64_t n = 0; n < N; ++n) {
       double sum = 0, sum_abs = 0;
@@ -387,8 +465,8 @@ ReferenceOutput reference_linear(const NvFp4Tensor& weight, int64_t tokens, cons
         sum_abs += std::fabs(a[c] * w[n * K + c]);
       }
       const double value = alpha * sum;
-      const double bound = std::fabs(alpha) * gamma(K, u) * sum_abs * (1 + u) +
-                           u * std::fabs(value) * (1 + 2 * u) + K * kTiny;
+      const double bound = std::fabs(alpha) * gamma(terms, u) * sum_abs * (1 + u) +
+                           u * std::fabs(value) * (1 + 2 * u) + terms * kTiny;
       const size_t o = static_cast<size_t>(t * N + n);
       out.value[o] = value;
       out.low[o] = reference_bf16_round(value - bound);

@@ -40,7 +40,8 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& weights
                               const ReferenceInputs& inputs, double unit_roundoff);
 
 // The dense linear layer: out = bf16(alpha * sum a * w), a = x or its NVFP4 quantization with
-// `act_scale` (W4A4), alpha = act_scale * weight.global_scale (W4A4) or weight.global_scale.
+// `act_scale` (W4A4), alpha = act_scale * weight.global_scale (W4A4) or weight.global_scale;
+// W4A8 takes a and w as FP8 groups (docs/numerics.md §5).
 ReferenceOutput reference_linear(const NvFp4Tensor& weight, int64_t tokens, const uint16_t* x,
                                  QuantMode mode, float act_scale, double unit_roundoff);
 
@@ -56,5 +57,8 @@ double reference_e4m3_value(uint8_t code);  // NaN for 0x7F / 0xFF
 uint8_t reference_e2m1_encode(double x);
 uint8_t reference_e4m3_encode(double x);
 double reference_bf16_round(double x);  // to the nearest bf16, ties to even
+// W4A8's group exponent (docs/numerics.md §5): the smallest E >= -126 with amax * 2^-E <= 448,
+// 0 for amax 0; by search.
+int reference_fp8_group_exponent(double amax);
 
 }  // namespace nvfp4moe::testing

@@ -152,6 +152,23 @@ def test_module_matches_a_float64_reference(device):
     assert_close_bf16(out, reference_moe(t, x, w, ids))
 
 
+def test_w4a8_is_near_the_exact_mode_on_the_cpu():
+    """The approximate FP8 mode (numerics §5) runs through the op: its output differs from the
+    exact W4A16 output, and by far less than W4A4's does."""
+    t = make_experts(experts=8, hidden=256, intermediate=128)
+    x, w, ids = make_batch(24, 256, 8, 2)
+    out = {mode: nvfp4moe.Nvfp4MoE(**t, top_k=2, max_tokens=24, mode=mode)(x, w, ids).float()
+           for mode in ("w4a16", "w4a4", "w4a8")}
+
+    def distance(mode):
+        return ((out[mode] - out["w4a16"]).norm() / out["w4a16"].norm()).item()
+    assert 0 < distance("w4a8") < 0.5 * distance("w4a4")
+    if torch.cuda.is_available():
+        moe = nvfp4moe.Nvfp4MoE(**to(t, "cuda"), top_k=2, max_tokens=24, mode="w4a8")
+        with pytest.raises(Exception, match="W4A8 runs on the CPU reference only"):
+            moe(x.cuda(), w.cuda(), ids.cuda())
+
+
 @needs_cuda
 @pytest.mark.parametrize("mode", ["w4a16", "w4a4"])
 @pytest.mark.parametrize("activation", ["silu", "swiglu_clamped"])
@@ -269,7 +286,8 @@ def test_bad_inputs_raise_clear_exceptions(device):
         moe(x, w, ids[:, :1].contiguous())
     with pytest.raises(ValueError, match="at most 8"):
         moe(*make_batch(9, 128, 8, 2, device=device))
-    with pytest.raises(ValueError, match=r"mode = 'w8a8', expected one of \['w4a16', 'w4a4'\]"):
+    with pytest.raises(ValueError,
+                       match=r"mode = 'w8a8', expected one of \['w4a16', 'w4a4', 'w4a8'\]"):
         nvfp4moe.Nvfp4MoE(**t, top_k=2, max_tokens=8, mode="w8a8")
     bad = ids.clone()
     bad[1, 0] = 300
