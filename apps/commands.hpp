@@ -11,5 +11,6 @@ void add_quantize(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_run(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_accuracy(CLI::App& app);
 
 }  // namespace nvfp4moe::app

@@ -21,14 +21,16 @@ int main(int argc, char** argv) {
       "quantize", "Convert the expert weights of a BF16/F16/F32 checkpoint to NVFP4"));
   add_inspect(*app.add_subcommand("inspect", "List the MoE layers of a checkpoint"));
   add_run(*app.add_subcommand("run", "Run one MoE layer of a checkpoint on random tokens"));
+  add_accuracy(*app.add_subcommand(
+      "accuracy", "Compare every mode's numerics with the BF16 layer at a model's layer shape"));
   add_bench(*app.add_subcommand(
       "bench", "Time the layer on the GPU against measured ceilings and a cuBLAS BF16 peer"));
   try {
     app.parse(argc, argv);  // runs the chosen subcommand's callback
     if (app.get_subcommands().empty()) {
       fmt::print(stderr,
-                 "nvfp4moe: error: a subcommand is required: demo, quantize, inspect or "
-                 "run (see --help)\n");
+                 "nvfp4moe: error: a subcommand is required: demo, quantize, inspect, run, "
+                 "accuracy or bench (see --help)\n");
       return 1;
     }
   } catch (const CLI::ParseError& e) {

@@ -12,6 +12,7 @@
 
 #include "bench_util.hpp"
 #include "core/check.hpp"
+#include "core/model_shapes.hpp"
 #include "core/parallel.hpp"
 #include "core/synthetic.hpp"
 #include "cuda/common/cuda_check.hpp"
@@ -33,10 +34,7 @@ struct RankResult {
 }  // namespace
 
 void run_distributed_bench(const BenchOptions& o, int max_world) {
-  const auto& shapes = bench_shapes();
-  const auto it = std::find_if(shapes.begin(), shapes.end(),
-                               [&](const BenchShape& s) { return s.name == o.shape; });
-  require(it != shapes.end(), ErrorKind::kInvalidArgument, "bench: unknown shape '{}'", o.shape);
+  const ModelShape* const it = &find_model_shape(o.shape, "bench");
   int devices = 0;
   NVFP4MOE_CUDA_CHECK(cudaGetDeviceCount(&devices));
   require(max_world >= 1 && max_world <= devices, ErrorKind::kInvalidArgument,

@@ -14,6 +14,7 @@
 #include "bench_kernels.hpp"
 #include "bench_util.hpp"
 #include "core/check.hpp"
+#include "core/model_shapes.hpp"
 #include "core/parallel.hpp"
 #include "core/synthetic.hpp"
 #include "cublas_api.hpp"
@@ -21,16 +22,6 @@
 #include "nvfp4moe/runtime.hpp"
 
 namespace nvfp4moe::bench {
-
-const std::vector<BenchShape>& bench_shapes() {
-  static const std::vector<BenchShape> shapes = {
-      {"deepseek-v3", "DeepSeek-V3/R1", 256, 256, 8, 7168, 2048},
-      {"deepseek-v4", "DeepSeek-V4-Pro, one EP8 rank", 384, 48, 6, 7168, 3072},
-      {"qwen3-235b", "Qwen3-235B-A22B", 128, 128, 8, 4096, 1536},
-      {"small", "small test layer", 32, 32, 4, 1024, 512},
-  };
-  return shapes;
-}
 
 namespace {
 
@@ -264,12 +255,7 @@ std::string percent(double fraction) { return fmt::format("{:.0f}%", 100.0 * fra
 }  // namespace
 
 void run_moe_bench(const BenchOptions& o) {
-  const auto shapes = bench_shapes();
-  const auto shape_it = std::find_if(shapes.begin(), shapes.end(),
-                                     [&](const BenchShape& s) { return s.name == o.shape; });
-  require(shape_it != shapes.end(), ErrorKind::kInvalidArgument,
-          "bench: unknown shape '{}' (deepseek-v3, deepseek-v4, qwen3-235b, small)", o.shape);
-  const BenchShape& shape = *shape_it;
+  const ModelShape& shape = find_model_shape(o.shape, "bench");
   require(cuda_available(), ErrorKind::kUnsupported,
           "bench: needs a CUDA device of compute capability 9.0 and a build with CUDA");
   require(!o.tokens.empty() && o.repeats >= 1 && o.input_sets >= 1, ErrorKind::kInvalidArgument,

@@ -15,19 +15,6 @@
 
 namespace nvfp4moe::bench {
 
-struct BenchShape {
-  std::string name;
-  std::string description;
-  int64_t experts;        // global
-  int64_t local_experts;  // on this GPU
-  int64_t top_k;
-  int64_t hidden;
-  int64_t intermediate;
-};
-
-// deepseek-v3 (the reference), deepseek-v4 (one EP8 rank), qwen3-235b, small.
-const std::vector<BenchShape>& bench_shapes();
-
 struct BenchOptions {
   std::string shape = "deepseek-v3";
   std::vector<int64_t> tokens = {1, 8, 64, 256, 1024, 4096, 16384};

@@ -44,6 +44,22 @@ float Random::normal() {
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
 }
 
+float Random::heavy_tailed() {
+  // t = Z / sqrt(V / 3) with V a chi-squared of 3 degrees of freedom; its variance is 3.
+  const double z = normal();
+  double v = 0.0;
+  for (int i = 0; i < 3; ++i) {
+    const double n = normal();
+    v += n * n;
+  }
+  if (v == 0.0) return 0.0f;
+  return static_cast<float>(z / std::sqrt(v / 3.0) / std::sqrt(3.0));
+}
+
+float Random::sample(Distribution distribution) {
+  return distribution == Distribution::kGaussian ? normal() : heavy_tailed();
+}
+
 Routing random_routing(int64_t tokens, int64_t num_experts, int64_t top_k, uint64_t seed) {
   Routing routing;
   routing.ids.resize(static_cast<size_t>(tokens * top_k));
@@ -75,14 +91,16 @@ Routing random_routing(int64_t tokens, int64_t num_experts, int64_t top_k, uint6
   return routing;
 }
 
-std::vector<uint16_t> random_bf16(size_t n, float stddev, uint64_t seed) {
+std::vector<uint16_t> random_bf16(size_t n, float stddev, uint64_t seed,
+                                  Distribution distribution) {
   std::vector<uint16_t> values(n);
   Random random(seed);
-  for (auto& v : values) v = float_to_bf16(stddev * random.normal());
+  for (auto& v : values) v = float_to_bf16(stddev * random.sample(distribution));
   return values;
 }
 
-RandomLayer random_layer(int64_t num_experts, int64_t hidden, int64_t intermediate, uint64_t seed) {
+RandomLayer random_layer(int64_t num_experts, int64_t hidden, int64_t intermediate, uint64_t seed,
+                         Distribution distribution) {
   RandomLayer layer;
   const auto gate_up_per_expert = static_cast<size_t>(2 * intermediate * hidden);
   const auto down_per_expert = static_cast<size_t>(hidden * intermediate);
@@ -108,9 +126,9 @@ RandomLayer random_layer(int64_t num_experts, int64_t hidden, int64_t intermedia
     const float gate_up_std = 1.0f / std::sqrt(static_cast<float>(hidden));
     const float down_std = 1.0f / std::sqrt(static_cast<float>(intermediate));
     for (size_t i = 0; i < gate_up_per_expert; ++i)
-      gate_up[i] = float_to_bf16(gate_up_std * random.normal());
+      gate_up[i] = float_to_bf16(gate_up_std * random.sample(distribution));
     for (size_t i = 0; i < down_per_expert; ++i)
-      down[i] = float_to_bf16(down_std * random.normal());
+      down[i] = float_to_bf16(down_std * random.sample(distribution));
 
     const auto half = gate_up_per_expert / 2;  // gate rows, then up rows
     uint8_t* values = w.gate_up_values.data() + e * gate_up_per_expert / 2;

@@ -62,9 +62,21 @@ def dequantize(weight, scale, scale_2):
 def test_demo_reports_accuracy_against_bf16():
     out = run("demo", "--tokens", "16").stdout
     rows = {m.group(1): float(m.group(2)) for m in
-            re.finditer(r"^(W4A16|W4A4)\s+cpu\s+[\d.]+\s+([\d.]+)", out, re.M)}
-    assert set(rows) == {"W4A16", "W4A4"}, out
-    assert rows["W4A16"] > 0.98 and rows["W4A4"] > 0.96, out
+            re.finditer(r"^(W4A16|W4A4|W4A8)\s+cpu\s+[\d.]+\s+([\d.]+)", out, re.M)}
+    assert set(rows) == {"W4A16", "W4A4", "W4A8"}, out
+    assert rows["W4A16"] > 0.98 and rows["W4A4"] > 0.96 and rows["W4A8"] > 0.97, out
+
+
+def test_accuracy_compares_every_mode():
+    out = run("accuracy", "--shape", "small", "--experts", "4", "--tokens", "4",
+              "--distribution", "heavy-tailed").stdout
+    rows = {m.group(1): [float(v) for v in m.groups()[1:]] for m in re.finditer(
+        r"^heavy-tailed\s+(W4A16|W4A4|W4A8)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)",
+        out, re.M)}
+    assert set(rows) == {"W4A16", "W4A4", "W4A8"}, out
+    assert rows["W4A16"][3] == 0.0  # against itself
+    assert 0 < rows["W4A8"][3] < 0.5 * rows["W4A4"][3], out
+    expect_failure("accuracy", "--shape", "llama", message="unknown shape 'llama' (known: deepseek-v3")
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +163,7 @@ def test_inspect_lists_the_layers(quantized):
 
 
 def accuracy(out):
-    match = re.search(r"^(W4A16|W4A4)\s+\S+\s+\S+\s+\d+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    match = re.search(r"^(W4A16|W4A4|W4A8)\s+\S+\s+\S+\s+\d+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)", out, re.M)
     assert match, out
     return float(match.group(2))
 
@@ -162,6 +174,8 @@ def test_run_a_checkpoint_layer(quantized):
     out = run("run", hf, "--layer", "1", "--tokens", "9", "--top-k", "2", "--mode", "w4a4",
               "--activation-scale", "static", "--activation", "swiglu_clamped").stdout
     assert accuracy(out) > 0.9
+    out = run("run", hf, "--layer", "1", "--tokens", "6", "--top-k", "2", "--mode", "w4a8").stdout
+    assert re.search(r"^W4A8\s+cpu", out, re.M) and accuracy(out) > 0.99, out
     out = run("run", hf, "--layer", "1", "--tokens", "4", "--top-k", "3", "--first-expert", "1",
               "--local-experts", "2").stdout
     assert "2 local from 1" in out and accuracy(out) > 0.999
