@@ -60,11 +60,11 @@ void run_layer(const RunOptions& o) {
   config.mode = parse_mode(o.mode);
   apply_layer_options(o.layer_options, config);
   config.validate();
-  const Device device = device_for_mode(o.layer_options.device, config.mode);
 
   Progress progress(fmt::format("importing layer {}", layer.layer));
   const MoeWeights weights =
       import_moe_layer(checkpoint, layer, o.first_expert, local, progress.callback());
+  const Device device = choose_device(o.layer_options.device, config, weights);
   auto runner = make_runner(device, config, weights);
   const HostBatch batch = random_batch(config, o.tokens, o.hidden_stddev, o.seed);
   const TimedOutput result = run_timed(*runner, batch, o.repeats);

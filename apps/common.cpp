@@ -152,11 +152,12 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--activation", options.activation, "Gated activation")
-      ->check(CLI::IsMember({"silu", "swiglu_clamped"}))
+      ->check(CLI::IsMember({"silu", "swiglu_clamped", "swigluoai"}))
       ->capture_default_str();
-  app.add_option("--swiglu-limit", options.swiglu_limit, "Clamp of swiglu_clamped")
-      ->check(finite_positive())
-      ->capture_default_str();
+  app.add_option("--swiglu-limit", options.swiglu_limit,
+                 "Clamp of swiglu_clamped (default 10, DeepSeek-V4) and swigluoai (default 7, "
+                 "gpt-oss)")
+      ->check(finite_positive());
   if (!with_activation_scale) return;
   app.add_option("--activation-scale", options.activation_scale,
                  "W4A4 activation global scales: dynamic (per batch) or static (checkpoint)")
@@ -166,15 +167,16 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
 
 void apply_layer_options(const LayerOptions& options, MoeConfig& config) {
   config.activation = parse_activation(options.activation, "--activation");
-  config.swiglu_limit = options.swiglu_limit;
+  config.swiglu_limit =
+      options.swiglu_limit.value_or(config.activation == Activation::kSwigluOai ? 7.0f : 10.0f);
   config.activation_scale = parse_activation_scale(options.activation_scale, "--activation-scale");
 }
 
 QuantMode parse_mode(const std::string& name) { return parse_quant_mode(name, "--mode"); }
 
-Device device_for_mode(const std::string& device, QuantMode mode) {
-  if (device == "auto" && mode == QuantMode::kW4A8) return Device::kCpu;
-  return parse_device(device);
+Device choose_device(const std::string& device, const MoeConfig& config,
+                     const MoeWeights& weights) {
+  return device == "auto" ? best_device(config, weights) : parse_device(device);
 }
 
 }  // namespace nvfp4moe::app

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,7 +73,7 @@ std::vector<MoeLayerInfo> moe_layers(const Checkpoint& checkpoint, const NamingO
 struct LayerOptions {
   std::string device = "auto";
   std::string activation = "silu";
-  float swiglu_limit = 10.0f;
+  std::optional<float> swiglu_limit;  // default: 10 (swiglu_clamped, DeepSeek-V4), 7 (swigluoai)
   std::string activation_scale = "dynamic";
 };
 // --activation-scale is offered only where static scales exist (a checkpoint's input_scale).
@@ -80,9 +81,9 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
 // Sets activation, swiglu_limit and activation_scale of `config` from the options.
 void apply_layer_options(const LayerOptions& options, MoeConfig& config);
 QuantMode parse_mode(const std::string& name);
-// The backend for --device and a mode: "auto" is the best device that serves the mode (W4A8 runs
-// on the CPU reference only so far), an explicit device is taken as asked.
-Device device_for_mode(const std::string& device, QuantMode mode);
+// The backend for --device: "auto" is the best device that computes this layer (best_device), an
+// explicit device is taken as asked.
+Device choose_device(const std::string& device, const MoeConfig& config, const MoeWeights& weights);
 
 // An Error when an output is not finite or its cosine against the reference is below
 // `min_cosine`: a broken layer must not pass for a working one.

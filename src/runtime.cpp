@@ -31,6 +31,13 @@ bool cuda_available() {
 
 Device best_device() { return cuda_available() ? Device::kCuda : Device::kCpu; }
 
+Device best_device(const MoeConfig& config, const MoeWeights& weights) {
+  const bool gpu_serves = weights.format == WeightFormat::kNvfp4 && weights.gate_up_bias.empty() &&
+                          config.mode != QuantMode::kW4A8 &&
+                          config.activation != Activation::kSwigluOai;
+  return gpu_serves ? best_device() : Device::kCpu;
+}
+
 Device parse_device(std::string_view name) {
   if (name == "auto") return best_device();
   if (name == "cpu") return Device::kCpu;

@@ -175,6 +175,52 @@ NVFP4MOE_HD float nvfp4_element_value(uint8_t code, uint8_t scale_code) {
   return e2m1_decode(code) * e4m3_decode(scale_code);
 }
 
+// ---- MXFP4 (OCP Microscaling, docs/numerics.md §1) ------------------------------------------
+// E2M1 values as NVFP4's, in blocks of 32 that share an E8M0 scale: a power of two 2^(code - 127)
+// (codes 0..254; 0xFF is NaN), with no global scale. x = e2m1(value) * 2^(scale - 127).
+
+inline constexpr int kMxBlockSize = 32;
+inline constexpr uint8_t kE8M0NanCode = 0xFF;
+
+// 2^(code - 127) (2^-127 is an fp32 subnormal, exact); NaN for 0xFF.
+NVFP4MOE_HD float e8m0_decode(uint8_t code) {
+  if (code == kE8M0NanCode) return bits_to_float(0x7FC00000u);
+  if (code == 0) return bits_to_float(0x00400000u);
+  return bits_to_float(static_cast<uint32_t>(code) << 23);
+}
+
+// OCP MX's shared scale for a block whose largest magnitude is `block_amax` (finite, >= 0):
+// 2^(floor(log2(amax)) - 2), 2 being E2M1's largest exponent, clamped to E8M0's range; code 0
+// for an all-zero block.
+NVFP4MOE_HD uint8_t mxfp4_block_scale(float block_amax) {
+  const uint32_t bits = float_to_bits(block_amax) & 0x7FFFFFFFu;
+  if (bits == 0) return 0;
+  int log2_floor;
+  if (bits >= 0x00800000u) {
+    log2_floor = static_cast<int>(bits >> 23) - 127;
+  } else {  // subnormal: the highest set bit of the mantissa
+    log2_floor = -127;
+    for (uint32_t m = bits; m < 0x00400000u; m <<= 1) --log2_floor;
+  }
+  const int code = log2_floor - 2 + 127;
+  return static_cast<uint8_t>(code < 0 ? 0 : code > 254 ? 254 : code);
+}
+
+// One element's code: x / 2^(scale - 127) rounded to nearest even and saturated to +-6 (OCP MX's
+// conversion; the division by a power of two is exact unless the quotient is an fp32
+// subnormal, which rounds to code 0 either way).
+NVFP4MOE_HD uint8_t mxfp4_element_code(float x, uint8_t scale_code) {
+  const int e = 127 - static_cast<int>(scale_code);  // x * 2^e, e in [-127, 127]
+  const float scaled = e >= -126 ? x * bits_to_float(static_cast<uint32_t>(e + 127) << 23)
+                                 : x * 0.5f * bits_to_float(0x00800000u);
+  return e2m1_encode(scaled);
+}
+
+// The exact value of one element: e2m1 * 2^(scale - 127).
+NVFP4MOE_HD float mxfp4_element_value(uint8_t code, uint8_t scale_code) {
+  return e2m1_decode(code) * e8m0_decode(scale_code);
+}
+
 // ---- W4A8's FP8 operands (docs/numerics.md §5) -----------------------------------------------
 // Both operands of a W4A8 GEMM are E4M3 values in groups of 128 consecutive elements of a row
 // (the last group of a row may be shorter), each group with a power-of-two scale 2^E:

@@ -36,7 +36,17 @@ enum class ActivationScale {
 enum class Activation {
   kSilu,           // silu(gate) * up
   kSwigluClamped,  // silu(min(gate, L)) * clamp(up, -L, L)   (DeepSeek-V4, L = swiglu_limit)
+  kSwigluOai,      // g * sigmoid(1.702 g) * (clamp(up, -L, L) + 1), g = min(gate, L)  (gpt-oss)
 };
+
+// How the expert weights are encoded (docs/numerics.md §1).
+enum class WeightFormat {
+  kNvfp4,  // E2M1 in blocks of 16 with an E4M3 scale, and a global scale per matrix
+  kMxfp4,  // E2M1 in blocks of 32 with an E8M0 (power-of-two) scale; global scales are 1
+};
+constexpr int64_t weight_block_size(WeightFormat format) {
+  return format == WeightFormat::kNvfp4 ? 16 : 32;
+}
 
 enum class Device { kCpu, kCuda };
 
@@ -44,6 +54,7 @@ const char* to_string(QuantMode mode);
 const char* to_string(ActivationScale scale);
 const char* to_string(Activation activation);
 const char* to_string(Device device);
+const char* to_string(WeightFormat format);
 // The inverses, case-insensitive ("w4a16", "dynamic", "silu", ...); an Error naming `what` and
 // the accepted names otherwise.
 QuantMode parse_quant_mode(std::string_view name, std::string_view what = "mode");
@@ -62,7 +73,7 @@ struct MoeConfig {
   QuantMode mode = QuantMode::kW4A16;
   ActivationScale activation_scale = ActivationScale::kDynamic;  // W4A4 only (W4A8: dynamic)
   Activation activation = Activation::kSilu;
-  float swiglu_limit = 10.0f;  // kSwigluClamped only
+  float swiglu_limit = 10.0f;  // kSwigluClamped (DeepSeek-V4: 10) and kSwigluOai (gpt-oss: 7)
 
   // Throws Error naming the first field that is out of range.
   void validate() const;
@@ -74,20 +85,25 @@ struct MoeConfig {
 // Expert weights of one layer as raw pointers (host memory for the CPU backend, device memory
 // for the CUDA backend). Experts are stacked; gate and up share one array the way engines
 // store "w13": rows [0, I) of each expert are the gate projection, rows [I, 2I) the up one.
+// B is the format's block size (16 for NVFP4, 32 for MXFP4).
 struct MoeWeightsView {
+  WeightFormat format = WeightFormat::kNvfp4;
   const uint8_t* gate_up_values = nullptr;     // [E, 2I, H/2]
-  const uint8_t* gate_up_scales = nullptr;     // [E, 2I, H/16]  E4M3
+  const uint8_t* gate_up_scales = nullptr;     // [E, 2I, H/B]  E4M3 (NVFP4) or E8M0 (MXFP4)
   const float* gate_global_scale = nullptr;    // [E]  weight_scale_2 of W1
   const float* up_global_scale = nullptr;      // [E]  weight_scale_2 of W3
   const uint8_t* down_values = nullptr;        // [E, H, I/2]
-  const uint8_t* down_scales = nullptr;        // [E, H, I/16]  E4M3
+  const uint8_t* down_scales = nullptr;        // [E, H, I/B]
   const float* down_global_scale = nullptr;    // [E]  weight_scale_2 of W2
   const float* gate_up_input_scale = nullptr;  // [E]  g1 for static W4A4, else may be null
   const float* down_input_scale = nullptr;     // [E]  g2 for static W4A4, else may be null
+  const float* gate_up_bias = nullptr;         // [E, 2I] added to gate and up (gpt-oss), or null
+  const float* down_bias = nullptr;            // [E, H] added to the down projection, or null
 };
 
 // Owning host copy of one layer's expert weights (E = local experts).
 struct MoeWeights {
+  WeightFormat format = WeightFormat::kNvfp4;
   int64_t num_experts = 0;
   int64_t hidden = 0;
   int64_t intermediate = 0;
@@ -100,20 +116,25 @@ struct MoeWeights {
   std::vector<float> down_global_scale;
   std::vector<float> gate_up_input_scale;  // empty when the checkpoint has none
   std::vector<float> down_input_scale;     // empty when the checkpoint has none
+  std::vector<float> gate_up_bias;         // [E, 2I], empty when the layer has none
+  std::vector<float> down_bias;            // [E, H], empty when the layer has none
 
   // Sizes every array for the given shape (contents zero, global scales 1).
   static MoeWeights allocate(int64_t num_experts, int64_t hidden, int64_t intermediate,
-                             bool with_input_scales);
+                             bool with_input_scales, WeightFormat format = WeightFormat::kNvfp4,
+                             bool with_biases = false);
   MoeWeightsView view() const;
   size_t bytes() const;
   // A copy of experts [first, first + count): the weights one expert-parallel rank holds.
   MoeWeights slice(int64_t first, int64_t count) const;
 };
 
-// Checks `matrices` stacked [rows, blocks_per_row] E4M3 block-scale arrays (host memory): an
-// Error naming `name`, the expert, row and block of the first NaN or negative scale.
+// Checks `matrices` stacked [rows, blocks_per_row] block-scale arrays (host memory) of the format
+// (E4M3 or E8M0): an Error naming `name`, the expert, row and block of the first NaN (or, E4M3,
+// negative) scale.
 void validate_block_scales(const uint8_t* scales, int64_t matrices, int64_t rows,
-                           int64_t blocks_per_row, const char* name);
+                           int64_t blocks_per_row, const char* name,
+                           WeightFormat format = WeightFormat::kNvfp4);
 
 // Checks host weights against the config: shapes, finite and non-negative global scales, no
 // NaN or negative block scale, input scales present and positive when static W4A4 needs them.

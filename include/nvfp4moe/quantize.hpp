@@ -56,5 +56,8 @@ void dequantize_nvfp4(const NvFp4View& tensor, std::span<float> out);
 // The values of one row without the global scale (e2m1 * e4m3, exact), into out [cols].
 void decode_nvfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
                       float* out);
+// The same for MXFP4 (e2m1 * 2^(e8m0 - 127), exact; cols a multiple of 32).
+void decode_mxfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
+                      float* out);
 
 }  // namespace nvfp4moe

@@ -16,6 +16,10 @@ namespace nvfp4moe {
 bool cuda_available();
 // kCuda when cuda_available(), else kCpu.
 Device best_device();
+// The best device that computes this layer: kCuda when cuda_available() and the GPU kernels
+// serve it (NVFP4 weights without biases, mode W4A16 or W4A4, activation silu or
+// swiglu_clamped), else kCpu, whose reference serves every layer.
+Device best_device(const MoeConfig& config, const MoeWeights& weights);
 // "auto", "cpu" or "cuda"; "cuda" when unavailable is an Error saying why.
 Device parse_device(std::string_view name);
 

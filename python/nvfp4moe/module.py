@@ -17,7 +17,7 @@ from ._ops import _ops, check_errors, prepare_weights
 
 _MODES = ("w4a16", "w4a4", "w4a8")
 _SCALES = ("dynamic", "static")
-_ACTIVATIONS = ("silu", "swiglu_clamped")
+_ACTIVATIONS = ("silu", "swiglu_clamped", "swigluoai")
 
 
 def _choice(allowed, value, what):

@@ -21,4 +21,11 @@ NVFP4MOE_HD float gated_activation(float gate, float up, bool clamped, float lim
   return silu(gate) * up;
 }
 
+// gpt-oss's SwiGLU: g = min(gate, L), u = clamp(up, -L, L), g * sigmoid(1.702 g) * (u + 1).
+NVFP4MOE_HD float swiglu_oai(float gate, float up, float limit) {
+  gate = fminf(gate, limit);
+  up = fminf(fmaxf(up, -limit), limit);
+  return gate / (1.0f + expf(-1.702f * gate)) * (up + 1.0f);
+}
+
 }  // namespace nvfp4moe

@@ -25,9 +25,20 @@ const char* to_string(ActivationScale scale) {
   return scale == ActivationScale::kDynamic ? "dynamic" : "static";
 }
 const char* to_string(Activation activation) {
-  return activation == Activation::kSilu ? "silu" : "swiglu_clamped";
+  switch (activation) {
+    case Activation::kSilu:
+      return "silu";
+    case Activation::kSwigluClamped:
+      return "swiglu_clamped";
+    case Activation::kSwigluOai:
+      return "swigluoai";
+  }
+  return "?";
 }
 const char* to_string(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
+const char* to_string(WeightFormat format) {
+  return format == WeightFormat::kNvfp4 ? "NVFP4" : "MXFP4";
+}
 
 namespace {
 
@@ -64,8 +75,10 @@ ActivationScale parse_activation_scale(std::string_view name, std::string_view w
 }
 
 Activation parse_activation(std::string_view name, std::string_view what) {
-  return parse_enum<Activation, 2>(
-      name, what, {{{"silu", Activation::kSilu}, {"swiglu_clamped", Activation::kSwigluClamped}}});
+  return parse_enum<Activation, 3>(name, what,
+                                   {{{"silu", Activation::kSilu},
+                                     {"swiglu_clamped", Activation::kSwigluClamped},
+                                     {"swigluoai", Activation::kSwigluOai}}});
 }
 
 namespace {
@@ -101,7 +114,7 @@ void MoeConfig::validate() const {
           "MoeConfig: activation_scale = static is W4A4's; W4A8 scales its activations per token "
           "and group of {} from the data (use dynamic)",
           kFp8GroupSize);
-  if (activation == Activation::kSwigluClamped) {
+  if (activation != Activation::kSilu) {
     require(std::isfinite(swiglu_limit) && swiglu_limit > 0.0f, kArg,
             "MoeConfig: swiglu_limit = {}, expected a finite value > 0", swiglu_limit);
   }

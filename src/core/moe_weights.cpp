@@ -1,6 +1,7 @@
 // Owning expert weights and their validation against a config.
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "core/check.hpp"
 #include "nvfp4moe/format.hpp"
@@ -9,14 +10,16 @@
 namespace nvfp4moe {
 
 MoeWeights MoeWeights::allocate(int64_t num_experts, int64_t hidden, int64_t intermediate,
-                                bool with_input_scales) {
-  require(num_experts >= 0 && hidden % kBlockSize == 0 && intermediate % kBlockSize == 0 &&
-              hidden >= 0 && intermediate >= 0,
+                                bool with_input_scales, WeightFormat format, bool with_biases) {
+  const int64_t block = weight_block_size(format);
+  require(num_experts >= 0 && hidden % block == 0 && intermediate % block == 0 && hidden >= 0 &&
+              intermediate >= 0,
           ErrorKind::kInvalidArgument,
           "MoeWeights: experts = {}, hidden = {}, intermediate = {}; expected counts >= 0 and "
-          "dimensions that are multiples of {}",
-          num_experts, hidden, intermediate, kBlockSize);
+          "dimensions that are multiples of {} ({})",
+          num_experts, hidden, intermediate, block, to_string(format));
   MoeWeights w;
+  w.format = format;
   w.num_experts = num_experts;
   w.hidden = hidden;
   w.intermediate = intermediate;
@@ -28,10 +31,9 @@ MoeWeights MoeWeights::allocate(int64_t num_experts, int64_t hidden, int64_t int
   w.gate_up_values =
       allocate_vector<uint8_t>(gate_up_elements / 2, "the gate/up values of " + what);
   w.gate_up_scales =
-      allocate_vector<uint8_t>(gate_up_elements / kBlockSize, "the gate/up scales of " + what);
+      allocate_vector<uint8_t>(gate_up_elements / block, "the gate/up scales of " + what);
   w.down_values = allocate_vector<uint8_t>(down_elements / 2, "the down values of " + what);
-  w.down_scales =
-      allocate_vector<uint8_t>(down_elements / kBlockSize, "the down scales of " + what);
+  w.down_scales = allocate_vector<uint8_t>(down_elements / block, "the down scales of " + what);
   w.gate_global_scale.assign(e, 1.0f);
   w.up_global_scale.assign(e, 1.0f);
   w.down_global_scale.assign(e, 1.0f);
@@ -39,11 +41,16 @@ MoeWeights MoeWeights::allocate(int64_t num_experts, int64_t hidden, int64_t int
     w.gate_up_input_scale.assign(e, 1.0f);
     w.down_input_scale.assign(e, 1.0f);
   }
+  if (with_biases) {
+    w.gate_up_bias.assign(e * 2 * static_cast<size_t>(intermediate), 0.0f);
+    w.down_bias.assign(e * static_cast<size_t>(hidden), 0.0f);
+  }
   return w;
 }
 
 MoeWeightsView MoeWeights::view() const {
   MoeWeightsView v;
+  v.format = format;
   v.gate_up_values = gate_up_values.data();
   v.gate_up_scales = gate_up_scales.data();
   v.gate_global_scale = gate_global_scale.data();
@@ -53,20 +60,23 @@ MoeWeightsView MoeWeights::view() const {
   v.down_global_scale = down_global_scale.data();
   v.gate_up_input_scale = gate_up_input_scale.empty() ? nullptr : gate_up_input_scale.data();
   v.down_input_scale = down_input_scale.empty() ? nullptr : down_input_scale.data();
+  v.gate_up_bias = gate_up_bias.empty() ? nullptr : gate_up_bias.data();
+  v.down_bias = down_bias.empty() ? nullptr : down_bias.data();
   return v;
 }
 
 size_t MoeWeights::bytes() const {
   return gate_up_values.size() + gate_up_scales.size() + down_values.size() + down_scales.size() +
-         sizeof(float) *
-             (gate_global_scale.size() + up_global_scale.size() + down_global_scale.size() +
-              gate_up_input_scale.size() + down_input_scale.size());
+         sizeof(float) * (gate_global_scale.size() + up_global_scale.size() +
+                          down_global_scale.size() + gate_up_input_scale.size() +
+                          down_input_scale.size() + gate_up_bias.size() + down_bias.size());
 }
 
 MoeWeights MoeWeights::slice(int64_t first, int64_t count) const {
   require(first >= 0 && count >= 1 && first + count <= num_experts, ErrorKind::kInvalidArgument,
           "MoeWeights::slice: experts [{}, {}) of {}", first, first + count, num_experts);
-  MoeWeights out = allocate(count, hidden, intermediate, !gate_up_input_scale.empty());
+  MoeWeights out = allocate(count, hidden, intermediate, !gate_up_input_scale.empty(), format,
+                            !gate_up_bias.empty());
   auto copy = [&](const auto& from, auto& to) {
     const size_t per_expert = from.size() / static_cast<size_t>(num_experts);
     std::copy_n(from.begin() + static_cast<ptrdiff_t>(first * per_expert), count * per_expert,
@@ -82,6 +92,10 @@ MoeWeights MoeWeights::slice(int64_t first, int64_t count) const {
   if (!gate_up_input_scale.empty()) {
     copy(gate_up_input_scale, out.gate_up_input_scale);
     copy(down_input_scale, out.down_input_scale);
+  }
+  if (!gate_up_bias.empty()) {
+    copy(gate_up_bias, out.gate_up_bias);
+    copy(down_bias, out.down_bias);
   }
   return out;
 }
@@ -108,9 +122,22 @@ void check_input_scales(const float* scales, int64_t count, const char* name) {
 }  // namespace
 
 void validate_block_scales(const uint8_t* scales, int64_t matrices, int64_t rows,
-                           int64_t blocks_per_row, const char* name) {
+                           int64_t blocks_per_row, const char* name, WeightFormat format) {
   require(scales != nullptr, ErrorKind::kInvalidArgument, "weights: {} is missing", name);
   const int64_t per_matrix = rows * blocks_per_row;
+  if (format == WeightFormat::kMxfp4) {
+    const uint8_t* end = scales + per_matrix * matrices;
+    const uint8_t* nan = std::find(scales, end, kE8M0NanCode);
+    if (nan != end) {
+      const int64_t i = nan - scales;
+      const int64_t row = (i % per_matrix) / blocks_per_row, block = i % blocks_per_row;
+      fail(ErrorKind::kInvalidArgument,
+           "weights: {}[{}row {}, block {}] = 0xFF is NaN, expected an E8M0 scale (0x00..0xFE)",
+           name, matrices > 1 ? fmt::format("expert {}, ", i / per_matrix) : std::string(), row,
+           block);
+    }
+    return;
+  }
   for (int64_t i = 0; i < per_matrix * matrices; ++i) {
     const uint8_t code = scales[i];
     if ((code & 0x7F) == kE4M3NanCode || (code & 0x80 && code != 0x80)) {
@@ -132,10 +159,26 @@ void validate_weights(const MoeConfig& config, const MoeWeightsView& w, bool blo
               w.down_scales != nullptr,
           ErrorKind::kInvalidArgument,
           "weights: gate_up_values, gate_up_scales, down_values and down_scales are required");
+  const int64_t block = weight_block_size(w.format);
+  require(hidden % block == 0 && inter % block == 0, ErrorKind::kInvalidArgument,
+          "weights: {} needs hidden ({}) and intermediate ({}) to be multiples of {}",
+          to_string(w.format), hidden, inter, block);
   if (!block_scales_checked) {
-    validate_block_scales(w.gate_up_scales, experts, 2 * inter, hidden / kBlockSize,
-                          "gate_up_scales");
-    validate_block_scales(w.down_scales, experts, hidden, inter / kBlockSize, "down_scales");
+    validate_block_scales(w.gate_up_scales, experts, 2 * inter, hidden / block, "gate_up_scales",
+                          w.format);
+    validate_block_scales(w.down_scales, experts, hidden, inter / block, "down_scales", w.format);
+  }
+  require((w.gate_up_bias == nullptr) == (w.down_bias == nullptr), ErrorKind::kInvalidArgument,
+          "weights: gate_up_bias and down_bias come together (one is given, the other not)");
+  if (w.gate_up_bias != nullptr) {
+    for (const auto& [bias, count, name] :
+         {std::tuple{w.gate_up_bias, experts * 2 * inter, "gate_up_bias"},
+          std::tuple{w.down_bias, experts * hidden, "down_bias"}}) {
+      const float* bad =
+          std::find_if(bias, bias + count, [](float v) { return !std::isfinite(v); });
+      require(bad == bias + count, ErrorKind::kInvalidArgument,
+              "weights: {}[{}] = {}, expected a finite value", name, bad - bias, *bad);
+    }
   }
   check_global_scales(w.gate_global_scale, experts, "gate_global_scale");
   check_global_scales(w.up_global_scale, experts, "up_global_scale");
@@ -167,14 +210,19 @@ void validate_weights(const MoeConfig& config, const MoeWeights& w) {
             "weights: {} has {} elements, expected {}", name, actual, wanted);
   };
   check("gate_up_values", w.gate_up_values.size(), gate_up / 2);
-  check("gate_up_scales", w.gate_up_scales.size(), gate_up / kBlockSize);
+  const auto block = static_cast<size_t>(weight_block_size(w.format));
+  check("gate_up_scales", w.gate_up_scales.size(), gate_up / block);
   check("down_values", w.down_values.size(), down / 2);
-  check("down_scales", w.down_scales.size(), down / kBlockSize);
+  check("down_scales", w.down_scales.size(), down / block);
   check("gate_global_scale", w.gate_global_scale.size(), e);
   check("up_global_scale", w.up_global_scale.size(), e);
   check("down_global_scale", w.down_global_scale.size(), e);
   if (!w.gate_up_input_scale.empty()) check("gate_up_input_scale", w.gate_up_input_scale.size(), e);
   if (!w.down_input_scale.empty()) check("down_input_scale", w.down_input_scale.size(), e);
+  if (!w.gate_up_bias.empty() || !w.down_bias.empty()) {
+    check("gate_up_bias", w.gate_up_bias.size(), e * 2 * static_cast<size_t>(w.intermediate));
+    check("down_bias", w.down_bias.size(), e * static_cast<size_t>(w.hidden));
+  }
   validate_weights(config, w.view());
 }
 

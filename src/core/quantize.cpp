@@ -121,6 +121,18 @@ void decode_nvfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int6
   }
 }
 
+void decode_mxfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
+                      float* out) {
+  for (int64_t block = 0; block < cols / kMxBlockSize; ++block) {
+    const float scale = e8m0_decode(row_scales[block]);
+    for (int i = 0; i < kMxBlockSize / 2; ++i) {
+      const uint8_t byte = row_values[block * (kMxBlockSize / 2) + i];
+      out[block * kMxBlockSize + 2 * i] = e2m1_decode(byte & 0xF) * scale;
+      out[block * kMxBlockSize + 2 * i + 1] = e2m1_decode(byte >> 4) * scale;
+    }
+  }
+}
+
 void dequantize_nvfp4(const NvFp4View& tensor, std::span<float> out) {
   require(tensor.cols % kBlockSize == 0, ErrorKind::kInvalidArgument,
           "dequantize_nvfp4: cols = {} is not a multiple of {}", tensor.cols, kBlockSize);

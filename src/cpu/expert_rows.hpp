@@ -27,6 +27,10 @@ class ExpertRows {
   // Static activation scales (only read in static W4A4 mode).
   virtual float gate_up_input_scale(int64_t expert) const = 0;
   virtual float down_input_scale(int64_t expert) const = 0;
+  // Biases added after the projections (gpt-oss): [2I] (gate, then up) and [H] of an expert,
+  // or null when the layer has none.
+  virtual const float* gate_up_bias(int64_t) const { return nullptr; }
+  virtual const float* down_bias(int64_t) const { return nullptr; }
 };
 
 // The CPU runner's workspace for a config.
@@ -40,8 +44,8 @@ std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config,
 std::shared_ptr<const ExpertRows> bf16_expert_rows(const uint16_t* gate_up, const uint16_t* down,
                                                    int64_t hidden, int64_t intermediate);
 
-// NVFP4 weights dequantized (global scale included) and rounded to bf16: the BF16 layer a
-// checkpoint's NVFP4 weights stand for.
+// NVFP4 or MXFP4 weights dequantized (global scale included) and rounded to bf16, with the
+// layer's biases: the BF16 layer a checkpoint's 4-bit weights stand for.
 std::shared_ptr<const ExpertRows> dequantized_bf16_rows(const MoeWeightsView& weights,
                                                         int64_t hidden, int64_t intermediate);
 

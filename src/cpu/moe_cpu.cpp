@@ -48,21 +48,31 @@ struct Workspace {
   float* y;                 // [T*k, H]
 };
 
-// Rows of the checkpoint's NVFP4 codes, decoded exactly (e2m1 * e4m3).
-class Nvfp4Rows final : public ExpertRows {
+// Rows of the checkpoint's 4-bit codes, decoded exactly (e2m1 * e4m3 for NVFP4, e2m1 * 2^k for
+// MXFP4).
+class Fp4Rows final : public ExpertRows {
  public:
-  Nvfp4Rows(const MoeWeightsView& weights, int64_t hidden, int64_t intermediate)
-      : w_(weights), hidden_(hidden), inter_(intermediate) {}
+  Fp4Rows(const MoeWeightsView& weights, int64_t hidden, int64_t intermediate)
+      : w_(weights),
+        hidden_(hidden),
+        inter_(intermediate),
+        block_(weight_block_size(weights.format)),
+        decode_(weights.format == WeightFormat::kNvfp4 ? decode_nvfp4_row : decode_mxfp4_row) {}
 
   void gate_up_row(int64_t e, int64_t r, float* out) const override {
     const int64_t row = e * 2 * inter_ + r;
-    decode_nvfp4_row(w_.gate_up_values + row * hidden_ / 2,
-                     w_.gate_up_scales + row * hidden_ / kBlockSize, hidden_, out);
+    decode_(w_.gate_up_values + row * hidden_ / 2, w_.gate_up_scales + row * hidden_ / block_,
+            hidden_, out);
   }
   void down_row(int64_t e, int64_t r, float* out) const override {
     const int64_t row = e * hidden_ + r;
-    decode_nvfp4_row(w_.down_values + row * inter_ / 2, w_.down_scales + row * inter_ / kBlockSize,
-                     inter_, out);
+    decode_(w_.down_values + row * inter_ / 2, w_.down_scales + row * inter_ / block_, inter_, out);
+  }
+  const float* gate_up_bias(int64_t e) const override {
+    return w_.gate_up_bias ? w_.gate_up_bias + e * 2 * inter_ : nullptr;
+  }
+  const float* down_bias(int64_t e) const override {
+    return w_.down_bias ? w_.down_bias + e * hidden_ : nullptr;
   }
   float gate_scale(int64_t e) const override { return w_.gate_global_scale[e]; }
   float up_scale(int64_t e) const override { return w_.up_global_scale[e]; }
@@ -74,6 +84,8 @@ class Nvfp4Rows final : public ExpertRows {
   MoeWeightsView w_;
   int64_t hidden_;
   int64_t inter_;
+  int64_t block_;
+  void (*decode_)(const uint8_t*, const uint8_t*, int64_t, float*);
 };
 
 // Unquantized rows: bf16 values widened to fp32, all scales 1.
@@ -120,12 +132,14 @@ class DequantizedBf16Rows final : public DenseRows {
     codes_.down_row(e, r, out);
     round(out, inter_, codes_.down_scale(e));
   }
+  const float* gate_up_bias(int64_t e) const override { return codes_.gate_up_bias(e); }
+  const float* down_bias(int64_t e) const override { return codes_.down_bias(e); }
 
  private:
   static void round(float* row, int64_t n, float global_scale) {
     for (int64_t c = 0; c < n; ++c) row[c] = bf16_to_float(float_to_bf16(row[c] * global_scale));
   }
-  Nvfp4Rows codes_;
+  Fp4Rows codes_;
   int64_t hidden_;
   int64_t inter_;
 };
@@ -249,12 +263,19 @@ class CpuMoeRunner final : public MoeRunner {
       }
       const float alpha_gate = g1 * rows_->gate_scale(e);
       const float alpha_up = g1 * rows_->up_scale(e);
+      const float* bias = rows_->gate_up_bias(e);
       for (int32_t i = 0; i < count; ++i) {
         float* h = ws.h + ws.expert_slots[begin + i] * inter;
         const float* row = &acc[i * 2 * inter];
         for (int64_t c = 0; c < inter; ++c) {
-          const float value = gated_activation(alpha_gate * row[c], alpha_up * row[inter + c],
-                                               clamped, config_.swiglu_limit);
+          float gate = alpha_gate * row[c], up = alpha_up * row[inter + c];
+          if (bias != nullptr) {
+            gate += bias[c];
+            up += bias[inter + c];
+          }
+          const float value = config_.activation == Activation::kSwigluOai
+                                  ? swiglu_oai(gate, up, config_.swiglu_limit)
+                                  : gated_activation(gate, up, clamped, config_.swiglu_limit);
           h[c] = w4a4 ? value : bf16_to_float(float_to_bf16(value));
         }
       }
@@ -306,6 +327,7 @@ class CpuMoeRunner final : public MoeRunner {
         quantize_fp8_row(ws.h + ws.expert_slots[begin + i] * inter, inter, h8[i]);
       }
       const float alpha = g2 * rows_->down_scale(e);
+      const float* bias = rows_->down_bias(e);
       std::vector<float> w_row(static_cast<size_t>(inter));
       Fp8Row w8;
       for (int64_t n = 0; n < hidden; ++n) {
@@ -313,8 +335,9 @@ class CpuMoeRunner final : public MoeRunner {
         if (w4a8) quantize_fp8_row(w_row.data(), inter, w8);
         for (int32_t i = 0; i < count; ++i) {
           const int32_t slot = ws.expert_slots[begin + i];
-          ws.y[slot * hidden + n] = alpha * (w4a8 ? fp8_dot(h8[i], w8, inter)
-                                                  : dot(ws.h + slot * inter, w_row.data(), inter));
+          const float y = alpha * (w4a8 ? fp8_dot(h8[i], w8, inter)
+                                        : dot(ws.h + slot * inter, w_row.data(), inter));
+          ws.y[slot * hidden + n] = bias != nullptr ? y + bias[n] : y;
         }
       }
     });
@@ -360,7 +383,7 @@ std::unique_ptr<MoeRunner> make_cpu_runner(const MoeConfig& config, const MoeWei
                                            bool block_scales_checked) {
   validate_weights(config, weights, block_scales_checked);
   return make_cpu_runner(config,
-                         std::make_shared<Nvfp4Rows>(weights, config.hidden, config.intermediate));
+                         std::make_shared<Fp4Rows>(weights, config.hidden, config.intermediate));
 }
 
 std::shared_ptr<const ExpertRows> bf16_expert_rows(const uint16_t* gate_up, const uint16_t* down,

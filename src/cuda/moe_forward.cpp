@@ -85,6 +85,9 @@ size_t moe_workspace_bytes(const MoeConfig& config) { return Layout(config).tota
 void moe_forward(const MoeConfig& c, const PreparedMoeWeights& w, const MoeForwardArgs& args,
                  float* sums, void* workspace, uint32_t* error_flags, cudaStream_t stream,
                  const ForwardExtras& extras) {
+  require(c.activation != Activation::kSwigluOai, ErrorKind::kUnsupported,
+          "activation swigluoai (gpt-oss) runs on the CPU reference only in this build; use the "
+          "cpu device");
   if (sums == nullptr) {
     validate_forward_args(c, args);
   } else {

@@ -15,6 +15,13 @@ namespace {
 class CudaMoeRunner final : public CudaRunner {
  public:
   CudaMoeRunner(const MoeConfig& config, const MoeWeights& weights) : config_(config) {
+    // What the Hopper kernels do not compute yet is refused here, never approximated.
+    require(weights.format == WeightFormat::kNvfp4, ErrorKind::kUnsupported,
+            "MXFP4 experts run on the CPU reference only in this build (no GPU kernels for them "
+            "yet); use the cpu device");
+    require(weights.gate_up_bias.empty() && weights.down_bias.empty(), ErrorKind::kUnsupported,
+            "experts with biases (gpt-oss) run on the CPU reference only in this build; use the "
+            "cpu device");
     const int64_t experts = config.num_local_experts;
     const int64_t hidden = config.hidden, inter = config.intermediate;
     const ExpertGemms& gemms = expert_gemms(config.mode);

@@ -1,6 +1,7 @@
 // The NVFP4 number formats: exhaustive checks against brute-force oracles (docs/numerics.md §1-2).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -150,6 +151,67 @@ TEST(Nvfp4Element, ProductsAreExactInBf16) {
       EXPECT_EQ(static_cast<double>(v), reference_e2m1_value(static_cast<uint8_t>(code)) *
                                             reference_e4m3_value(static_cast<uint8_t>(scale)));
       EXPECT_EQ(bf16_to_float(float_to_bf16(v)), v) << code << " x " << scale;
+    }
+  }
+}
+
+// ---- MXFP4
+// ---------------------------------------------------------------------------------------
+
+TEST(E8M0, DecodesEveryCodeAsAPowerOfTwo) {
+  for (int code = 0; code < 255; ++code) {
+    EXPECT_EQ(static_cast<double>(e8m0_decode(static_cast<uint8_t>(code))),
+              std::ldexp(1.0, code - 127))
+        << code;
+  }
+  EXPECT_TRUE(std::isnan(e8m0_decode(kE8M0NanCode)));
+}
+
+// OCP MX's shared scale, 2^(floor(log2 amax) - 2), for every positive bf16 amax and both sides of
+// every fp32 binade, against frexp; clamped to E8M0's codes 0..254.
+TEST(Mxfp4, BlockScaleIsFloorLog2MinusTwo) {
+  const auto oracle = [](double amax) {
+    if (amax == 0.0) return 0;
+    int exponent;
+    std::frexp(amax, &exponent);  // amax in [2^(exponent-1), 2^exponent)
+    return std::clamp(exponent - 1 - 2 + 127, 0, 254);
+  };
+  for (uint32_t bits = 0; bits < 0x7F80; ++bits) {
+    const float amax = bf16_to_float(static_cast<uint16_t>(bits));
+    ASSERT_EQ(mxfp4_block_scale(amax), oracle(amax)) << amax;
+  }
+  for (int i = -149; i <= 127; ++i) {
+    for (const float amax : {std::ldexp(1.0f, i), std::ldexp(1.9999999f, i)}) {
+      if (!std::isfinite(amax) || amax <= 0.0f) continue;
+      ASSERT_EQ(mxfp4_block_scale(amax), oracle(amax)) << amax;
+    }
+  }
+  EXPECT_EQ(mxfp4_block_scale(6.0f), 127);  // 6 = 1.5 * 2^2: scale 1, code 7
+  EXPECT_EQ(mxfp4_block_scale(7.5f), 127);  // saturates to 6 (OCP's rule, no rounding up)
+  EXPECT_EQ(mxfp4_element_code(7.5f, 127), 7);
+  EXPECT_EQ(mxfp4_block_scale(std::numeric_limits<float>::max()), 252);
+}
+
+// Every element code against the nearest-value search at every scale a bf16 can meet, and every
+// (code, scale) pair back to its code.
+TEST(Mxfp4, ElementCodesRoundTheScaledValueOnce) {
+  for (int scale = 0; scale < 255; scale += 3) {
+    for (uint32_t bits = 0; bits < 65536; bits += 7) {
+      const float x = bf16_to_float(static_cast<uint16_t>(bits));
+      if (!std::isfinite(x)) continue;
+      ASSERT_EQ(mxfp4_element_code(x, static_cast<uint8_t>(scale)),
+                reference_e2m1_encode(std::ldexp(double(x), 127 - scale)))
+          << x << " at scale code " << scale;
+    }
+  }
+  for (int code = 0; code < 16; ++code) {
+    for (int scale = 0; scale < 255; ++scale) {
+      const float v = mxfp4_element_value(static_cast<uint8_t>(code), static_cast<uint8_t>(scale));
+      if (!std::isfinite(v)) continue;  // 2^127 * 2 and up overflow fp32
+      EXPECT_EQ(static_cast<double>(v),
+                reference_e2m1_value(static_cast<uint8_t>(code)) * std::ldexp(1.0, scale - 127));
+      ASSERT_EQ(mxfp4_element_code(v, static_cast<uint8_t>(scale)), code)
+          << "code " << code << " scale " << scale;
     }
   }
 }

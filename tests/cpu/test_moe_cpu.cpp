@@ -54,6 +54,33 @@ MoeWeights make_weights(int64_t experts, int64_t hidden, int64_t inter, uint64_t
   return w;
 }
 
+// Random MXFP4 weights (OCP's quantizer on Gaussian values), with biases when asked.
+MoeWeights make_mxfp4_weights(int64_t experts, int64_t hidden, int64_t inter, uint64_t seed,
+                              bool biases) {
+  MoeWeights w = MoeWeights::allocate(experts, hidden, inter, false, WeightFormat::kMxfp4, biases);
+  Random random(seed);
+  const auto fill = [&](std::vector<uint8_t>& values, std::vector<uint8_t>& scales, int64_t cols) {
+    const float stddev = 1.0f / std::sqrt(static_cast<float>(cols));
+    for (size_t b = 0; b < scales.size(); ++b) {
+      float x[kMxBlockSize], amax = 0.0f;
+      for (float& v : x) {
+        v = stddev * random.normal();
+        amax = std::fmax(amax, std::fabs(v));
+      }
+      scales[b] = mxfp4_block_scale(amax);
+      for (int i = 0; i < kMxBlockSize; i += 2) {
+        values[b * kMxBlockSize / 2 + i / 2] = static_cast<uint8_t>(
+            mxfp4_element_code(x[i], scales[b]) | mxfp4_element_code(x[i + 1], scales[b]) << 4);
+      }
+    }
+  };
+  fill(w.gate_up_values, w.gate_up_scales, hidden);
+  fill(w.down_values, w.down_scales, inter);
+  for (float& b : w.gate_up_bias) b = 0.1f * random.normal();
+  for (float& b : w.down_bias) b = 0.1f * random.normal();
+  return w;
+}
+
 std::vector<uint16_t> run_cpu(const MoeConfig& config, const MoeWeights& w, const Batch& b) {
   auto runner = make_cpu_runner(config, w.view());
   std::vector<std::byte> workspace(runner->workspace_bytes());
@@ -148,6 +175,52 @@ TEST(CpuMoe, W4A8GroupsScaleIndependently) {
     }
   }
   expect_matches_reference(config, w, b);
+}
+
+// MXFP4 experts (blocks of 32, E8M0 scales), with and without gpt-oss's biases and activation,
+// in every mode, against the float64 reference (which decodes them with its own formula).
+TEST(CpuMoe, Mxfp4ExpertsWithBiasesAndEveryActivation) {
+  for (const bool biases : {false, true}) {
+    for (const Activation activation :
+         {Activation::kSilu, Activation::kSwigluClamped, Activation::kSwigluOai}) {
+      for (const QuantMode mode : {QuantMode::kW4A16, QuantMode::kW4A4, QuantMode::kW4A8}) {
+        SCOPED_TRACE(std::string(to_string(mode)) + " " + to_string(activation) +
+                     (biases ? " with biases" : ""));
+        MoeConfig config = MoeConfig::single_rank(6, 192, 96, 2, 11);
+        config.mode = mode;
+        config.activation = activation;
+        config.swiglu_limit = 1.5f;  // small enough that the clamps bite
+        const MoeWeights w = make_mxfp4_weights(6, 192, 96, 61, biases);
+        expect_matches_reference(config, w, random_batch(config, 11, 62));
+      }
+    }
+  }
+}
+
+TEST(CpuMoe, BiasesShiftTheOutput) {
+  MoeConfig config = MoeConfig::single_rank(4, 128, 64, 2, 5);
+  MoeWeights w = make_mxfp4_weights(4, 128, 64, 71, true);
+  const Batch b = random_batch(config, 5, 72);
+  const auto with = run_cpu(config, w, b);
+  std::fill(w.gate_up_bias.begin(), w.gate_up_bias.end(), 0.0f);
+  std::fill(w.down_bias.begin(), w.down_bias.end(), 0.0f);
+  EXPECT_NE(run_cpu(config, w, b), with);
+}
+
+TEST(CpuMoe, Mxfp4NanScalesAndNonFiniteBiasesAreRefused) {
+  const MoeConfig config = MoeConfig::single_rank(2, 64, 32, 1, 4);
+  MoeWeights w = make_mxfp4_weights(2, 64, 32, 81, true);
+  w.down_scales[5] = kE8M0NanCode;
+  EXPECT_THAT([&] { make_cpu_runner(config, w.view()); },
+              ::testing::ThrowsMessage<Error>(::testing::HasSubstr(
+                  "down_scales[expert 0, row 5, block 0] = 0xFF is NaN, expected an E8M0 scale")));
+  w.down_scales[5] = 120;
+  w.gate_up_bias[3] = std::numeric_limits<float>::infinity();
+  EXPECT_THAT([&] { make_cpu_runner(config, w.view()); },
+              ::testing::ThrowsMessage<Error>(
+                  ::testing::HasSubstr("gate_up_bias[3] = inf, expected a finite value")));
+  EXPECT_THAT([&] { (void)MoeWeights::allocate(2, 48, 32, false, WeightFormat::kMxfp4); },
+              ::testing::ThrowsMessage<Error>(::testing::HasSubstr("multiples of 32 (MXFP4)")));
 }
 
 TEST(CpuMoe, OneExpertTopOne) {

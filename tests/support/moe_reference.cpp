@@ -31,17 +31,22 @@ double gamma(int64_t n, double u) { return n * u / (1.0 - n * u); }
 // Smallest positive subnormal fp32, a floor for bounds so that underflow is covered.
 constexpr double kTiny = 1.401298464324817e-45;
 
+// silu(g) * u, or gpt-oss's g * sigmoid(1.702 g) * (u + 1) (`oai`), of the clamped g and u.
 struct GatedActivation {
   bool clamped;
+  bool oai;
   double limit;
-  double silu(double x) const { return x / (1.0 + std::exp(-x)); }
-  double operator()(double gate, double up) const {
-    if (clamped) {
-      gate = std::min(gate, limit);
-      up = std::clamp(up, -limit, limit);
-    }
-    return silu(gate) * up;
+  double gate_part(double g) const {  // silu(g), or g * sigmoid(1.702 g)
+    return oai ? g / (1.0 + std::exp(-1.702 * g)) : g / (1.0 + std::exp(-g));
   }
+  double up_part(double u) const { return oai ? u + 1.0 : u; }
+  double clamp_gate(double g) const { return clamped ? std::min(g, limit) : g; }
+  double clamp_up(double u) const { return clamped ? std::clamp(u, -limit, limit) : u; }
+  double operator()(double gate, double up) const {
+    return gate_part(clamp_gate(gate)) * up_part(clamp_up(up));
+  }
+  // A bound of |d gate_part / dg|: 1.1 for silu, 1.2 for the 1.702 slope.
+  double lipschitz() const { return oai ? 1.2 : 1.1; }
 };
 
 // One NVFP4 quantization of a float row with global scale g, the docs/numerics.md §2 steps in fp32
@@ -245,24 +250,30 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
   const bool dynamic = config.activation_scale == ActivationScale::kDynamic;
   const int64_t gate_terms = w4a8 ? fp8_dot_terms(H) : H;
   const int64_t down_terms = w4a8 ? fp8_dot_terms(I) : I;
-  const GatedActivation act{config.activation == Activation::kSwigluClamped, config.swiglu_limit};
+  const GatedActivation act{config.activation != Activation::kSilu,
+                            config.activation == Activation::kSwigluOai, config.swiglu_limit};
 
   ReferenceOutput out;
   out.value.assign(static_cast<size_t>(T * H), 0.0);
   out.low.assign(out.value.size(), 0.0);
   out.high.assign(out.value.size(), 0.0);
 
-  // Exact weights e2m1 * e4m3 of rows [row0, row0 + rows) of a stacked matrix, as float.
-  auto decode_rows = [](const std::vector<uint8_t>& values, const std::vector<uint8_t>& scales,
-                        int64_t row0, int64_t rows, int64_t cols, std::vector<float>& dst) {
+  // Exact weights e2m1 * e4m3 (NVFP4) or e2m1 * 2^(e8m0 - 127) (MXFP4, blocks of 32) of rows
+  // [row0, row0 + rows) of a stacked matrix, as float.
+  const bool mx = w.format == WeightFormat::kMxfp4;
+  auto decode_rows = [mx](const std::vector<uint8_t>& values, const std::vector<uint8_t>& scales,
+                          int64_t row0, int64_t rows, int64_t cols, std::vector<float>& dst) {
     dst.resize(static_cast<size_t>(rows * cols));
     for (int64_t i = 0; i < rows * cols; ++i) {
       const int64_t at = row0 * cols + i;
       const uint8_t byte = values[at / 2];
       const uint8_t code = (at % 2 == 0) ? (byte & 15) : (byte >> 4);
-      dst[i] = float(reference_e2m1_value(code) * reference_e4m3_value(scales[at / 16]));
+      const double scale =
+          mx ? std::ldexp(1.0, int(scales[at / 32]) - 127) : reference_e4m3_value(scales[at / 16]);
+      dst[i] = float(reference_e2m1_value(code) * scale);
     }
   };
+  const bool biased = !w.gate_up_bias.empty();
 
   // Dynamic g1: amax over the whole batch (exact), in fp32.
   float batch_g1 = 1.0f;
@@ -326,21 +337,27 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
           up += a[c] * wu[c];
           up_abs += std::fabs(a[c] * wu[c]);
         }
-        const double g = alpha_gate * gate, v = alpha_up * up;
+        const double bg = biased ? w.gate_up_bias[e * 2 * I + r] : 0.0;
+        const double bv = biased ? w.gate_up_bias[e * 2 * I + I + r] : 0.0;
+        const double g = alpha_gate * gate + bg, v = alpha_up * up + bv;
+        // The fp32 sum, alpha's multiply and rounding, and the bias's add and rounding.
         const double eg = std::fabs(alpha_gate) * gamma(gate_terms, u) * gate_abs * (1 + u) +
-                          u * std::fabs(g) * (1 + 2 * u) + gate_terms * kTiny;
+                          u * (std::fabs(g) + 2 * std::fabs(bg)) * (1 + 2 * u) + gate_terms * kTiny;
         const double ev = std::fabs(alpha_up) * gamma(gate_terms, u) * up_abs * (1 + u) +
-                          u * std::fabs(v) * (1 + 2 * u) + gate_terms * kTiny;
-        const double gc = act.clamped ? std::min(g, act.limit) : g;
-        const double vc = act.clamped ? std::clamp(v, -act.limit, act.limit) : v;
+                          u * (std::fabs(v) + 2 * std::fabs(bv)) * (1 + 2 * u) + gate_terms * kTiny;
+        const double gc = act.clamp_gate(g);
+        const double vc = act.up_part(act.clamp_up(v));
         const double h = act(g, v);
         slot.h[r] = h;
-        // |silu'| <= 1.1; the fp32 evaluation (exp, add, divide, multiply) costs a few ulps.
-        slot.eh[r] = (1.1 * (std::fabs(vc) + ev) * eg + (std::fabs(act.silu(gc)) + 1.1 * eg) * ev) *
-                         (1 + 12 * u) +
-                     12 * u * std::fabs(h) + kTiny;
-        // Below -88, exp(-gate) overflows fp32 and silu evaluates to -0 instead of a tiny value.
-        if (gc - eg < -80.0) slot.eh[r] += std::fabs(h);
+        // |gate_part'| <= lipschitz(); the fp32 evaluation (exp, add, divide, multiply) costs a
+        // few ulps.
+        const double lip = act.lipschitz();
+        slot.eh[r] =
+            (lip * (std::fabs(vc) + ev) * eg + (std::fabs(act.gate_part(gc)) + lip * eg) * ev) *
+                (1 + 12 * u) +
+            12 * u * std::fabs(h) + kTiny;
+        // Below -88, exp overflows fp32 and the gate part evaluates to -0 instead of a tiny value.
+        if ((act.oai ? 1.702 : 1.0) * (gc - eg) < -80.0) slot.eh[r] += std::fabs(h);
       }
     }
   });
@@ -401,10 +418,13 @@ ReferenceOutput reference_moe(const MoeConfig& config, const MoeWeights& w,
           y_abs += (std::fabs(hq[r]) + delta[r]) * std::fabs(wd[r]);
           y_delta += delta[r] * std::fabs(wd[r]);
         }
-        // Deviations of h, the fp32 sum, then alpha: its rounding and (dynamic g2) its slack.
-        s.y[n] = alpha * y;
+        // Deviations of h, the fp32 sum, then alpha: its rounding and (dynamic g2) its slack, and
+        // the bias's add.
+        const double b = biased ? w.down_bias[e * H + n] : 0.0;
+        s.y[n] = alpha * y + b;
         s.ey[n] = std::fabs(alpha) * (y_delta + gamma(down_terms, u) * y_abs) * (1 + u) +
-                  (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) + down_terms * kTiny;
+                  (u + slack) * std::fabs(alpha) * y_abs * (1 + 2 * u) +
+                  u * (std::fabs(s.y[n]) + 2 * std::fabs(b)) + down_terms * kTiny;
       }
     }
   });
