@@ -58,7 +58,7 @@ std::string short_format(const MoeLayerInfo& layer) {
     case ExpertFormat::kUnquantized:
       return to_string(layer.weight_dtype);
     case ExpertFormat::kMxfp4:
-      return "MXFP4";
+      return layer.has_biases ? "MXFP4+bias" : "MXFP4";
     default:
       return "unsupported";
   }
@@ -70,7 +70,8 @@ std::string expert_pattern(const MoeLayerInfo& layer) {
                                           : n.layer_prefix(layer.layer) + "{e}." + n.gate;
 }
 
-// Block scales of a layer: the range of the nonzero ones, NaN and negative codes counted.
+// Block scales of a layer: the range of the nonzero ones, NaN and negative codes counted (E4M3
+// for NVFP4, E8M0 powers of two for MXFP4).
 std::string scan_block_scales(const Checkpoint& checkpoint, const MoeLayerInfo& layer,
                               Progress& progress) {
   std::set<std::string> tensors;
@@ -85,8 +86,9 @@ std::string scan_block_scales(const Checkpoint& checkpoint, const MoeLayerInfo& 
   for (const auto& name : tensors) {
     for (const std::byte byte : checkpoint.bytes(name)) {
       const auto code = std::to_integer<uint8_t>(byte);
-      const float value = e4m3_decode(code);
-      if (!std::isnan(value) && (code & 0x80) && value != 0.0f) ++negative;
+      const bool mx = layer.format == ExpertFormat::kMxfp4;
+      const float value = mx ? e8m0_decode(code) : e4m3_decode(code);
+      if (!mx && !std::isnan(value) && (code & 0x80) && value != 0.0f) ++negative;
       if (std::isnan(value) || value != 0.0f) range.add(value);
     }
     progress.update(++done, static_cast<int64_t>(tensors.size()));
@@ -135,17 +137,25 @@ void run_inspect(const InspectOptions& options) {
       input.add(scales.gate_input);
       input.add(scales.up_input);
       input.add(scales.down_input);
-      if (options.scales) {
-        Progress progress(fmt::format("scanning layer {}", layer.layer));
-        blocks = "  " + scan_block_scales(checkpoint, layer, progress);
-      }
     }
-    if (layer.is_nvfp4() || layer.format == ExpertFormat::kUnquantized) {
+    if (layer.format == ExpertFormat::kMxfp4) global.add(1.0f);  // no global scale
+    if (options.scales && layer.is_importable()) {
+      Progress progress(fmt::format("scanning layer {}", layer.layer));
+      blocks = "  " + scan_block_scales(checkpoint, layer, progress);
+    }
+    if (layer.is_importable() || layer.format == ExpertFormat::kUnquantized) {
       ++usable;
+      if (layer.format == ExpertFormat::kMxfp4) {
+        notes.push_back(fmt::format(
+            "layer {} ({}): MXFP4 experts{} run on the CPU reference (no GPU kernels for them "
+            "yet)",
+            layer.layer, layer.naming.layer_prefix(layer.layer),
+            layer.has_biases ? " with biases" : ""));
+      }
     } else {
       notes.push_back(
           fmt::format("layer {} ({}): experts in {} cannot be run or quantized by "
-                      "this version (NVFP4 and BF16/F16/F32 only)",
+                      "this version (NVFP4, MXFP4 and BF16/F16/F32 only)",
                       layer.layer, layer.naming.layer_prefix(layer.layer), layer.format_name()));
     }
     fmt::print("{:>5}  {:<44} {:>7} {:>6} {:>6}  {:<24} {:>19} {:>19}{}\n", layer.layer,

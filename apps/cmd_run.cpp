@@ -58,7 +58,7 @@ void run_layer(const RunOptions& o) {
   config.top_k = o.top_k;
   config.max_tokens = o.tokens;
   config.mode = parse_mode(o.mode);
-  apply_layer_options(o.layer_options, config);
+  apply_layer_options(o.layer_options, config, read_expert_activation(checkpoint));
   config.validate();
 
   Progress progress(fmt::format("importing layer {}", layer.layer));

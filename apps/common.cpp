@@ -151,9 +151,10 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
   app.add_option("--device", options.device, "Backend: auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
-  app.add_option("--activation", options.activation, "Gated activation")
-      ->check(CLI::IsMember({"silu", "swiglu_clamped", "swigluoai"}))
-      ->capture_default_str();
+  app.add_option("--activation", options.activation,
+                 "Gated activation: silu, swiglu_clamped or swigluoai (default: what the "
+                 "checkpoint's config.json implies, else silu)")
+      ->check(CLI::IsMember({"silu", "swiglu_clamped", "swigluoai"}));
   app.add_option("--swiglu-limit", options.swiglu_limit,
                  "Clamp of swiglu_clamped (default 10, DeepSeek-V4) and swigluoai (default 7, "
                  "gpt-oss)")
@@ -165,10 +166,16 @@ void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activatio
       ->capture_default_str();
 }
 
-void apply_layer_options(const LayerOptions& options, MoeConfig& config) {
-  config.activation = parse_activation(options.activation, "--activation");
+void apply_layer_options(const LayerOptions& options, MoeConfig& config,
+                         const std::optional<ExpertActivation>& implied) {
+  config.activation = options.activation ? parse_activation(*options.activation, "--activation")
+                      : implied          ? implied->activation
+                                         : Activation::kSilu;
+  const bool implied_limit = implied && implied->activation == config.activation;
   config.swiglu_limit =
-      options.swiglu_limit.value_or(config.activation == Activation::kSwigluOai ? 7.0f : 10.0f);
+      options.swiglu_limit.value_or(implied_limit ? implied->swiglu_limit
+                                    : config.activation == Activation::kSwigluOai ? 7.0f
+                                                                                  : 10.0f);
   config.activation_scale = parse_activation_scale(options.activation_scale, "--activation-scale");
 }
 

@@ -72,14 +72,17 @@ std::vector<MoeLayerInfo> moe_layers(const Checkpoint& checkpoint, const NamingO
 // Options that choose how a layer computes, shared by `demo` and `run`.
 struct LayerOptions {
   std::string device = "auto";
-  std::string activation = "silu";
+  std::optional<std::string> activation;  // default: the checkpoint's (gpt-oss), else silu
   std::optional<float> swiglu_limit;  // default: 10 (swiglu_clamped, DeepSeek-V4), 7 (swigluoai)
   std::string activation_scale = "dynamic";
 };
 // --activation-scale is offered only where static scales exist (a checkpoint's input_scale).
 void add_layer_options(CLI::App& app, LayerOptions& options, bool with_activation_scale);
 // Sets activation, swiglu_limit and activation_scale of `config` from the options.
-void apply_layer_options(const LayerOptions& options, MoeConfig& config);
+// `implied` is what a checkpoint's config says (read_expert_activation), used where the options
+// name no activation or limit.
+void apply_layer_options(const LayerOptions& options, MoeConfig& config,
+                         const std::optional<ExpertActivation>& implied = std::nullopt);
 QuantMode parse_mode(const std::string& name);
 // The backend for --device: "auto" is the best device that computes this layer (best_device), an
 // explicit device is taken as asked.

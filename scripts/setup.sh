@@ -12,10 +12,11 @@ debian_packages=(
   clang clang-format clang-tidy libclang-rt-14-dev
 )
 # The producers' own packages are the tests' oracles: compressed-tensors writes the fixtures of
-# its format (its 0.17.0 wheel does not declare psutil, which it imports), and ModelOpt's NVFP4
-# quantizer checks that `quantize` writes its bytes.
+# its format (its 0.17.0 wheel does not declare psutil, which it imports), ModelOpt's NVFP4
+# quantizer checks that `quantize` writes its bytes, and Hugging Face's gpt-oss code dequantizes
+# the MXFP4 fixture the importer must match.
 python_packages=(safetensors numpy pytest "torch==2.11.0" "compressed-tensors==0.17.0" psutil
-  "nvidia-modelopt==0.47.0")
+  "nvidia-modelopt==0.47.0" "transformers==5.25.0")
 
 missing=()
 for p in "${debian_packages[@]}"; do
@@ -29,7 +30,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c "import safetensors, numpy, pytest, torch, compressed_tensors, modelopt" \
+if ! python3 -c "import safetensors, numpy, pytest, torch, compressed_tensors, modelopt, transformers" \
   2>/dev/null; then
   echo "setup: installing PyPI packages: ${python_packages[*]}"
   python3 -m pip install -q "${python_packages[@]}"

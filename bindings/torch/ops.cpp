@@ -441,6 +441,13 @@ std::tuple<std::vector<at::Tensor>, int64_t> load_moe_layer(c10::string_view pat
     TORCH_CHECK_VALUE(count >= 1 && count <= info.num_experts - first_expert, "nvfp4moe: experts [",
                       first_expert, ", ", first_expert, " + ", count, ") are outside layer ", layer,
                       "'s ", info.num_experts, " experts");
+    if (!info.is_nvfp4()) {
+      throw Error(ErrorKind::kUnsupported,
+                  checkpoint.path().string() + ": layer " + std::to_string(layer) + " holds " +
+                      info.format_name() +
+                      " experts; the PyTorch ops take NVFP4 experts only so far (the nvfp4moe "
+                      "CLI and the C++ library run MXFP4 layers on the CPU)");
+    }
     auto weights =
         std::make_shared<const MoeWeights>(import_moe_layer(checkpoint, info, first_expert, count));
     const int64_t e = count, h = info.hidden, i = info.intermediate;

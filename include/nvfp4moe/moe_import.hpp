@@ -10,8 +10,12 @@
 //   NVFP4, compressed-tensors  <p>.weight_packed U8 [R, K/2], <p>.weight_scale F8_E4M3 [R, K/16],
 //                              <p>.weight_global_scale F32 [1] = 1/g,
 //                              <p>.input_global_scale F32 [1] (optional) = 1/g_input
-//   MXFP4                      <p>.weight + <p>.scale F8_E8M0 (DeepSeek-V4), or fused
-//                              gate_up_proj_blocks/_scales (gpt-oss): listed, not imported yet
+//   MXFP4, DeepSeek-V4         <p>.weight I8 (or U8) [R, K/2], <p>.scale F8_E8M0 (or U8) [R, K/32]
+//   MXFP4, gpt-oss (fused)     gate_up_proj_blocks U8 [E, 2I, H/32, 16] (blocks of 32 values, 16
+//                              bytes each) with gate and up rows alternating (gate 0, up 0,
+//                              gate 1, ...), gate_up_proj_scales U8/F8_E8M0 [E, 2I, H/32],
+//                              gate_up_proj_bias BF16/F16/F32 [E, 2I] (optional, alternating
+//                              too); down_proj_blocks [E, H, I/32, 16], _scales, _bias [E, H]
 //   unquantized                <p>.weight BF16/F16/F32 [R, K] (input of `nvfp4moe quantize`)
 //
 // Layouts and namings:
@@ -29,6 +33,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -55,8 +60,8 @@ enum class ExpertLayout { kPerExpert, kFused };
 
 enum class Projection { kGate, kUp, kDown };
 
-// The tensors of one NVFP4 projection.
-enum class TensorRole { kValues, kBlockScales, kGlobalScale, kInputScale };
+// The tensors of one projection (kBias: gpt-oss's fused biases).
+enum class TensorRole { kValues, kBlockScales, kGlobalScale, kInputScale, kBias };
 
 struct ExpertNaming {
   ExpertLayout layout = ExpertLayout::kPerExpert;
@@ -100,6 +105,15 @@ QuantizationConfig read_quantization_config(const Checkpoint& checkpoint);
 // `quantization_config` object, or hf_quant_config.json's content), as engines hand it over.
 QuantizationConfig parse_quantization_config(std::string_view json_text, std::string_view source);
 
+// The gated activation a checkpoint's config.json implies for its experts, when it implies one
+// other than silu: gpt-oss (model_type gpt_oss) uses swigluoai with its swiglu_limit (7 when
+// absent). std::nullopt otherwise.
+struct ExpertActivation {
+  Activation activation;
+  float swiglu_limit;
+};
+std::optional<ExpertActivation> read_expert_activation(const Checkpoint& checkpoint);
+
 struct MoeLayerInfo {
   int64_t layer = 0;
   ExpertNaming naming;
@@ -108,10 +122,14 @@ struct MoeLayerInfo {
   int64_t num_experts = 0;
   int64_t hidden = 0;
   int64_t intermediate = 0;
-  DType weight_dtype = DType::kU8;  // of the values tensors (the unquantized dtype, or U8)
-  bool has_input_scales = false;    // every projection of every expert has one
+  DType weight_dtype = DType::kU8;   // of the values tensors (the unquantized dtype, or U8)
+  bool has_input_scales = false;     // every projection of every expert has one
+  bool has_biases = false;           // gate/up and down biases (gpt-oss)
+  bool gate_up_interleaved = false;  // fused gate/up rows alternate gate, up (gpt-oss)
 
   bool is_nvfp4() const { return nvfp4moe::is_nvfp4(format); }
+  // NVFP4 or MXFP4: experts import_moe_layer copies.
+  bool is_importable() const { return is_nvfp4() || format == ExpertFormat::kMxfp4; }
   std::string tensor_name(int64_t expert, Projection projection, TensorRole role) const {
     return expert_tensor_name(format, naming, layer, expert, projection, role);
   }
@@ -122,7 +140,7 @@ struct MoeLayerInfo {
 // Finds every MoE layer of a checkpoint from its tensor names, in layer order, each described
 // as describe_moe_layer does: experts must run 0..n-1 without a gap, and every tensor of every
 // expert must be present with the expected dtype and shape. Layers in formats this library
-// cannot import are listed (format kMxfp4 / kUnsupported), not skipped.
+// cannot import are listed (format kUnsupported), not skipped.
 std::vector<MoeLayerInfo> find_moe_layers(const Checkpoint& checkpoint);
 // The same for one given naming.
 std::vector<MoeLayerInfo> find_moe_layers(const Checkpoint& checkpoint, const ExpertNaming& naming);
@@ -146,10 +164,11 @@ struct LayerScales {
 };
 LayerScales read_layer_scales(const Checkpoint& checkpoint, const MoeLayerInfo& layer);
 
-// Copies experts [first_expert, first_expert + num_experts) of an NVFP4 layer into host
-// weights: gate and up stacked as w13 with their own global scales (g, whatever the producer's
-// storage), input scales per expert (the larger of gate's and up's for the shared gate/up
-// activation). `progress(done, total)` is called after each expert.
+// Copies experts [first_expert, first_expert + num_experts) of an NVFP4 or MXFP4 layer into host
+// weights: gate and up stacked as w13 (gate rows, then up rows, whatever the producer's order)
+// with their own global scales (g, whatever the producer's storage; 1 for MXFP4), input scales
+// per expert (the larger of gate's and up's for the shared gate/up activation), biases as fp32.
+// `progress(done, total)` is called after each expert.
 MoeWeights import_moe_layer(const Checkpoint& checkpoint, const MoeLayerInfo& layer,
                             int64_t first_expert, int64_t num_experts,
                             const std::function<void(int64_t, int64_t)>& progress = {});

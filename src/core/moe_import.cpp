@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "core/check.hpp"
+#include "core/convert.hpp"
 #include "nvfp4moe/format.hpp"
 
 namespace nvfp4moe {
@@ -80,6 +81,7 @@ namespace {
 // The suffix of each role's tensor by format ("" where the format has no such tensor).
 std::string_view role_suffix(ExpertFormat format, ExpertLayout layout, TensorRole role) {
   const bool fused = layout == ExpertLayout::kFused;
+  if (role == TensorRole::kBias) return "bias";
   switch (format) {
     case ExpertFormat::kNvfp4ModelOpt: {
       constexpr std::array<std::string_view, 4> kSuffixes = {"weight", "weight_scale",
@@ -247,13 +249,13 @@ std::set<int64_t> expert_indices(const Checkpoint& checkpoint, const ExpertNamin
 
 // ---- Checks -----------------------------------------------------------------------------------
 
-void check_dimensions(const MoeLayerInfo& info, const std::string& source) {
-  require(info.hidden % 16 == 0 && info.intermediate % 16 == 0 && info.hidden > 0 &&
+void check_dimensions(const MoeLayerInfo& info, const std::string& source, int64_t block = 16) {
+  require(info.hidden % block == 0 && info.intermediate % block == 0 && info.hidden > 0 &&
               info.intermediate > 0 && info.num_experts >= 1 && info.num_experts <= kMaxExperts,
           kFile,
           "{}: layer {} has {} experts, hidden {} and intermediate {}; expected 1..{} experts and "
-          "dimensions that are positive multiples of 16",
-          source, info.layer, info.num_experts, info.hidden, info.intermediate, kMaxExperts);
+          "dimensions that are positive multiples of {}",
+          source, info.layer, info.num_experts, info.hidden, info.intermediate, kMaxExperts, block);
 }
 
 // A layer's experts are numbered 0 .. n-1: one missing in the middle is an error, not a
@@ -472,6 +474,69 @@ void check_nvfp4_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
   }
 }
 
+// Experts, shapes and every tensor of an MXFP4 layer: DeepSeek-V4's per-expert w1/w3/w2 with
+// .weight and .scale, or gpt-oss's fused _blocks/_scales/_bias with alternating gate/up rows.
+void check_mxfp4_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
+                       const std::set<int64_t>& experts) {
+  const LayerChecker check(checkpoint, info);
+  const auto name = [&](int64_t e, Projection p, TensorRole role) {
+    return info.tensor_name(e, p, role);
+  };
+  const std::string source = checkpoint.path().string();
+  const TensorInfo& first = checkpoint.info(name(0, Projection::kGate, TensorRole::kValues));
+  const std::initializer_list<DType> scale_types = {DType::kF8E8M0, DType::kU8};
+  if (info.naming.layout == ExpertLayout::kFused) {
+    require(first.shape.size() == 4 && first.shape[1] % 2 == 0 && first.shape[3] == 16, kFile,
+            "{}: tensor '{}' has shape [{}], expected [experts, 2 * intermediate, hidden / 32, "
+            "16]",
+            source, first.name, fmt::join(first.shape, ", "));
+    info.num_experts = first.shape[0];
+    info.intermediate = first.shape[1] / 2;
+    info.hidden = first.shape[2] * kMxBlockSize;
+    info.gate_up_interleaved = true;
+    check_dimensions(info, source, kMxBlockSize);
+    const int64_t e = info.num_experts, h = info.hidden, i = info.intermediate;
+    const std::string gate_up_bias = name(0, Projection::kGate, TensorRole::kBias);
+    const std::string down_bias = name(0, Projection::kDown, TensorRole::kBias);
+    info.has_biases = checkpoint.contains(gate_up_bias);
+    require(info.has_biases == checkpoint.contains(down_bias), kFile,
+            "{}: '{}' exists but '{}' does not; the biases come together or not at all", source,
+            info.has_biases ? gate_up_bias : down_bias, info.has_biases ? down_bias : gate_up_bias);
+    struct Shape {
+      Projection projection;
+      int64_t rows, cols;
+    };
+    for (const Shape& s : {Shape{Projection::kGate, 2 * i, h}, Shape{Projection::kDown, h, i}}) {
+      check.tensor(name(0, s.projection, TensorRole::kValues), {DType::kU8},
+                   {e, s.rows, s.cols / kMxBlockSize, 16});
+      check.tensor(name(0, s.projection, TensorRole::kBlockScales), scale_types,
+                   {e, s.rows, s.cols / kMxBlockSize});
+      if (info.has_biases) {
+        check.tensor(name(0, s.projection, TensorRole::kBias),
+                     {DType::kBF16, DType::kF16, DType::kF32}, {e, s.rows});
+      }
+    }
+    return;
+  }
+  require(first.shape.size() == 2, kFile, "{}: tensor '{}' has {} dimensions, expected 2", source,
+          first.name, first.shape.size());
+  info.num_experts = static_cast<int64_t>(experts.size());
+  info.intermediate = first.shape[0];
+  info.hidden = 2 * first.shape[1];
+  check_dimensions(info, source, kMxBlockSize);
+  check_no_gap(experts, info, source);
+  const int64_t h = info.hidden, i = info.intermediate;
+  for (int64_t e = 0; e < info.num_experts; ++e) {
+    for (const auto& [projection, rows, cols] :
+         {std::tuple{Projection::kGate, i, h}, std::tuple{Projection::kUp, i, h},
+          std::tuple{Projection::kDown, h, i}}) {
+      check.tensor(name(e, projection, TensorRole::kValues), {info.weight_dtype}, {rows, cols / 2});
+      check.tensor(name(e, projection, TensorRole::kBlockScales), scale_types,
+                   {rows, cols / kMxBlockSize});
+    }
+  }
+}
+
 // Experts and shapes of a layer in another format (listed, and the input of `quantize`).
 void check_other_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
                        const std::set<int64_t>& experts) {
@@ -488,8 +553,7 @@ void check_other_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
   } else if (!shape.empty()) {
     info.num_experts = shape[0];
   }
-  // Dimensions as each format stores them (MXFP4: two codes per byte, or gpt-oss's blocks of
-  // 16 bytes per 32 values).
+  // Dimensions as each format stores them.
   if (info.format == ExpertFormat::kUnquantized) {
     require(shape.size() == (per_expert ? 2u : 3u), kFile,
             "{}: tensor '{}' has shape [{}], expected {}", source, first.name,
@@ -497,12 +561,6 @@ void check_other_layer(const Checkpoint& checkpoint, MoeLayerInfo& info,
             per_expert ? "[intermediate, hidden]" : "[experts, 2 * intermediate, hidden]");
     info.intermediate = per_expert ? shape[0] : shape[1] / 2;
     info.hidden = shape.back();
-  } else if (info.format == ExpertFormat::kMxfp4 && per_expert && shape.size() == 2) {
-    info.intermediate = shape[0];
-    info.hidden = 2 * shape[1];
-  } else if (info.format == ExpertFormat::kMxfp4 && shape.size() == 4) {
-    info.intermediate = shape[1] / 2;
-    info.hidden = shape[2] * 32;
   } else if (per_expert && shape.size() == 2) {
     info.intermediate = shape[0];  // as stored; the format's packing is unknown
     info.hidden = shape[1];
@@ -570,6 +628,8 @@ MoeLayerInfo describe(const Checkpoint& checkpoint, int64_t layer, const ExpertN
   check_against_config(checkpoint, config, info);
   if (info.is_nvfp4()) {
     check_nvfp4_layer(checkpoint, info, experts);
+  } else if (info.format == ExpertFormat::kMxfp4) {
+    check_mxfp4_layer(checkpoint, info, experts);
   } else {
     check_other_layer(checkpoint, info, experts);
   }
@@ -663,19 +723,125 @@ MoeLayerInfo select_moe_layer(const Checkpoint& checkpoint, int64_t layer,
 
 // ---- Import -----------------------------------------------------------------------------------
 
+namespace {
+
+// One fp32 value of a BF16, F16 or F32 tensor's bytes.
+float float_at(std::span<const std::byte> bytes, DType dtype, size_t index) {
+  switch (dtype) {
+    case DType::kBF16: {
+      uint16_t bits;
+      std::memcpy(&bits, bytes.data() + 2 * index, 2);
+      return bf16_to_float(bits);
+    }
+    case DType::kF16: {
+      uint16_t bits;
+      std::memcpy(&bits, bytes.data() + 2 * index, 2);
+      return f16_to_float(bits);
+    }
+    default: {
+      float value;
+      std::memcpy(&value, bytes.data() + 4 * index, 4);
+      return value;
+    }
+  }
+}
+
+// MXFP4 experts: codes and E8M0 scales copied as they are (a row of K values is K/2 code bytes
+// and K/32 scale bytes in both producers' layouts); gpt-oss's alternating gate/up rows (and
+// biases) are split into the gate rows, then the up rows; global scales are 1.
+MoeWeights import_mxfp4_layer(const Checkpoint& checkpoint, const MoeLayerInfo& layer,
+                              int64_t first_expert, int64_t num_experts,
+                              const std::function<void(int64_t, int64_t)>& progress) {
+  const int64_t h = layer.hidden, i = layer.intermediate;
+  MoeWeights w =
+      MoeWeights::allocate(num_experts, h, i, false, WeightFormat::kMxfp4, layer.has_biases);
+  const auto name = [&](int64_t e, Projection p, TensorRole role) {
+    return layer.tensor_name(e, p, role);
+  };
+  using P = Projection;
+  using R = TensorRole;
+  // Row `row` (of `rows` per expert) of expert e of a tensor holding `row_bytes` per row:
+  // expert e's own tensor (per expert) or its slice of the fused one.
+  const bool fused = layer.naming.layout == ExpertLayout::kFused;
+  const auto copy_rows = [&](const std::string& tensor, int64_t e, int64_t rows, int64_t row_bytes,
+                             int64_t first_row, int64_t row_step, uint8_t* destination,
+                             int64_t count) {
+    const auto source = checkpoint.bytes(tensor);
+    const int64_t base = fused ? e * rows * row_bytes : 0;
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t at = base + (first_row + r * row_step) * row_bytes;
+      require(at + row_bytes <= static_cast<int64_t>(source.size()), kFile,
+              "{}: tensor '{}' has {} bytes, expected at least {}", checkpoint.path().string(),
+              tensor, source.size(), at + row_bytes);
+      std::memcpy(destination + r * row_bytes, source.data() + at, static_cast<size_t>(row_bytes));
+    }
+  };
+  const int64_t h_codes = h / 2, h_scales = h / kMxBlockSize;
+  const int64_t i_codes = i / 2, i_scales = i / kMxBlockSize;
+  for (int64_t n = 0; n < num_experts; ++n) {
+    const int64_t e = first_expert + n;
+    uint8_t* gate_up_values = w.gate_up_values.data() + n * 2 * i * h_codes;
+    uint8_t* gate_up_scales = w.gate_up_scales.data() + n * 2 * i * h_scales;
+    if (layer.gate_up_interleaved) {
+      // Rows 0, 2, 4, ... are gate rows, 1, 3, 5, ... up rows.
+      for (const auto& [first_row, offset] : {std::pair{0, int64_t{0}}, std::pair{1, i}}) {
+        copy_rows(name(e, P::kGate, R::kValues), e, 2 * i, h_codes, first_row, 2,
+                  gate_up_values + offset * h_codes, i);
+        copy_rows(name(e, P::kGate, R::kBlockScales), e, 2 * i, h_scales, first_row, 2,
+                  gate_up_scales + offset * h_scales, i);
+      }
+    } else {
+      copy_rows(name(e, P::kGate, R::kValues), e, i, h_codes, 0, 1, gate_up_values, i);
+      copy_rows(name(e, P::kUp, R::kValues), e, i, h_codes, 0, 1, gate_up_values + i * h_codes, i);
+      copy_rows(name(e, P::kGate, R::kBlockScales), e, i, h_scales, 0, 1, gate_up_scales, i);
+      copy_rows(name(e, P::kUp, R::kBlockScales), e, i, h_scales, 0, 1,
+                gate_up_scales + i * h_scales, i);
+    }
+    copy_rows(name(e, P::kDown, R::kValues), e, h, i_codes, 0, 1,
+              w.down_values.data() + n * h * i_codes, h);
+    copy_rows(name(e, P::kDown, R::kBlockScales), e, h, i_scales, 0, 1,
+              w.down_scales.data() + n * h * i_scales, h);
+    if (layer.has_biases) {
+      const std::string gate_up_bias = name(e, P::kGate, R::kBias);
+      const std::string down_bias = name(e, P::kDown, R::kBias);
+      const DType gate_up_type = checkpoint.info(gate_up_bias).dtype;
+      const DType down_type = checkpoint.info(down_bias).dtype;
+      const auto gate_up = checkpoint.bytes(gate_up_bias);
+      const auto down = checkpoint.bytes(down_bias);
+      float* gate_up_out = w.gate_up_bias.data() + n * 2 * i;
+      for (int64_t r = 0; r < i; ++r) {
+        gate_up_out[r] = float_at(gate_up, gate_up_type, static_cast<size_t>(e * 2 * i + 2 * r));
+        gate_up_out[i + r] =
+            float_at(gate_up, gate_up_type, static_cast<size_t>(e * 2 * i + 2 * r + 1));
+      }
+      for (int64_t r = 0; r < h; ++r) {
+        w.down_bias[static_cast<size_t>(n * h + r)] =
+            float_at(down, down_type, static_cast<size_t>(e * h + r));
+      }
+    }
+    if (progress) progress(n + 1, num_experts);
+  }
+  return w;
+}
+
+}  // namespace
+
 MoeWeights import_moe_layer(const Checkpoint& checkpoint, const MoeLayerInfo& layer,
                             int64_t first_expert, int64_t num_experts,
                             const std::function<void(int64_t, int64_t)>& progress) {
   require(layer.format != ExpertFormat::kUnquantized, ErrorKind::kInvalidArgument,
           "{}: layer {} holds {} expert weights, not NVFP4; convert it with `nvfp4moe quantize`",
           checkpoint.path().string(), layer.layer, to_string(layer.weight_dtype));
-  require(layer.is_nvfp4(), ErrorKind::kUnsupported,
-          "{}: layer {} holds {} experts; this version runs NVFP4 experts only",
+  require(layer.is_importable(), ErrorKind::kUnsupported,
+          "{}: layer {} holds {} experts; this version runs NVFP4 and MXFP4 experts",
           checkpoint.path().string(), layer.layer, layer.format_name());
   require(first_expert >= 0 && num_experts >= 1 && first_expert <= layer.num_experts &&
               num_experts <= layer.num_experts - first_expert,
           ErrorKind::kInvalidArgument, "import: experts [{}, {}) are outside layer {}'s {} experts",
           first_expert, first_expert + num_experts, layer.layer, layer.num_experts);
+  if (layer.format == ExpertFormat::kMxfp4) {
+    return import_mxfp4_layer(checkpoint, layer, first_expert, num_experts, progress);
+  }
   const int64_t hidden = layer.hidden;
   const int64_t inter = layer.intermediate;
   MoeWeights w = MoeWeights::allocate(num_experts, hidden, inter, layer.has_input_scales);

@@ -2,6 +2,7 @@
 // `quantization_config` (or `compression_config`) and ModelOpt's hf_quant_config.json.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -213,6 +214,24 @@ QuantizationConfig read_quantization_config(const Checkpoint& checkpoint) {
     check_modelopt(read_json_file(modelopt_path, kMaxConfigBytes, kMaxConfigDepth), "", out);
   }
   return out;
+}
+
+std::optional<ExpertActivation> read_expert_activation(const Checkpoint& checkpoint) {
+  const fs::path config_path = checkpoint.directory() / "config.json";
+  std::error_code error;
+  if (!fs::exists(config_path, error)) return std::nullopt;
+  const json config = read_json_file(config_path, kMaxConfigBytes, kMaxConfigDepth);
+  if (lower(string_or_empty(field(config, "model_type"))) != "gpt_oss") return std::nullopt;
+  float limit = 7.0f;
+  const json& value = field(config, "swiglu_limit");
+  if (!value.is_null()) {
+    require(value.is_number() && std::isfinite(value.get<double>()) && value.get<double>() > 0 &&
+                value.get<double>() < 1e30,
+            kFile, "{}: swiglu_limit is {}, expected a finite number > 0", config_path.string(),
+            shown(value));
+    limit = static_cast<float>(value.get<double>());
+  }
+  return ExpertActivation{Activation::kSwigluOai, limit};
 }
 
 }  // namespace nvfp4moe

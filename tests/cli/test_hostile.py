@@ -2,6 +2,7 @@
 says what is wrong, a non-zero exit, and no hang, crash or silently wrong answer."""
 import json
 import os
+import re
 import struct
 import subprocess
 
@@ -82,9 +83,18 @@ def test_formats_of_both_producers_and_layouts_run(tmp_path):
         assert float(result.splitlines()[-1].split()[-2]) > cosine, result
     expect_failure("run", os.path.join(formats, "deepseek_v4_mixed.safetensors"), "--layer", "0",
                    message="layer 0 matches several expert prefixes")
-    expect_failure("run", os.path.join(formats, "deepseek_v4_mixed.safetensors"), "--layer", "0",
-                   "--prefix", "mtp.{layer}.ffn.experts.", "--naming", "deepseek",
-                   message="holds MXFP4 experts")
+    # MXFP4: DeepSeek-V4's MTP experts and gpt-oss's (its config.json implies swigluoai, limit 7),
+    # on the CPU reference.
+    result = run("run", os.path.join(formats, "deepseek_v4_mixed.safetensors"), "--layer", "0",
+                 "--prefix", "mtp.{layer}.ffn.experts.", "--naming", "deepseek", "--tokens", "5",
+                 "--top-k", "2").stdout
+    assert float(result.splitlines()[-1].split()[-2]) > 0.999, result
+    result = run("run", os.path.join(formats, "gpt_oss"), "--layer", "1", "--tokens", "5",
+                 "--top-k", "2").stdout
+    assert re.search(r"^W4A16\s+cpu\s+swigluoai", result, re.M), result
+    assert float(result.splitlines()[-1].split()[-2]) > 0.999, result
+    out = run("inspect", os.path.join(formats, "gpt_oss"), "--scales").stdout
+    assert "MXFP4+bias" in out and "quant_method: mxfp4" in out, out
     expect_failure("inspect", os.path.join(formats, "fp8_experts.safetensors"),
                    message="none of its 1 MoE layer(s) is in a format this version supports")
     expect_failure("inspect", os.path.join(FIXTURES, "malformed_formats", "ct_channel_strategy"),
@@ -93,3 +103,19 @@ def test_formats_of_both_producers_and_layouts_run(tmp_path):
                    message="expert 2 is missing")
     expect_failure("inspect", os.path.join(FIXTURES, "dtypes.safetensors"),
                    message="no MoE expert tensors found")
+
+
+def test_an_mxfp4_nan_scale_is_refused(tmp_path):
+    """E8M0's 0xFF is NaN: the layer loads (shapes are right) but is refused before it computes."""
+    from safetensors.numpy import save_file
+    import numpy as np
+    prefix = "model.layers.0.mlp.experts."
+    scales = np.full((2, 64, 1), 127, np.uint8)
+    scales[1, 5, 0] = 0xFF
+    save_file({prefix + "gate_up_proj_blocks": np.zeros((2, 64, 1, 16), np.uint8),
+               prefix + "gate_up_proj_scales": np.full((2, 64, 1), 127, np.uint8),
+               prefix + "down_proj_blocks": np.zeros((2, 32, 1, 16), np.uint8),
+               prefix + "down_proj_scales": scales[:, :32, :].copy()},
+              str(tmp_path / "model.safetensors"))
+    expect_failure("run", tmp_path / "model.safetensors", "--layer", "0", "--tokens", "2",
+                   "--top-k", "1", message="down_scales[expert 1, row 5, block 0] = 0xFF is NaN")

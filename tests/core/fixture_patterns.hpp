@@ -31,6 +31,11 @@ inline uint8_t scale_byte(int layer, int expert, int projection, int64_t i) {
   return static_cast<uint8_t>(0x30 + (i + expert + projection + layer) % 0x30);
 }
 
+// E8M0 codes 118..130 of the DeepSeek-V4 MXFP4 fixture.
+inline uint8_t mx_scale_byte(int layer, int expert, int projection, int64_t i) {
+  return static_cast<uint8_t>(118 + (i + expert + projection + layer) % 13);
+}
+
 inline float global_scale(int layer, int expert, int projection) {
   return static_cast<float>(0.001 * (1 + expert) + 0.0003 * projection + 0.0001 * layer);
 }

@@ -8,6 +8,7 @@
 #include "core/fixture_patterns.hpp"
 #include "nvfp4moe/error.hpp"
 #include "nvfp4moe/moe_import.hpp"
+#include "nvfp4moe/quantize.hpp"
 
 namespace nvfp4moe {
 namespace {
@@ -224,8 +225,8 @@ TEST(FusedLayout, ImportsEveryExpertsSlice) {
   }
 }
 
-// DeepSeek-V4: NVFP4 routed experts, the MTP layer's experts in MXFP4: listed, each in its own
-// format; only the NVFP4 layers import.
+// DeepSeek-V4: NVFP4 routed experts, the MTP layer's experts in MXFP4: each layer listed and
+// imported in its own format, the MXFP4 bytes as stored (w1 -> gate, w3 -> up, w2 -> down).
 TEST(MixedFormats, EachLayerIsListedInItsOwnFormat) {
   const auto checkpoint =
       Checkpoint::open(fixtures_dir() / "formats" / "deepseek_v4_mixed.safetensors");
@@ -236,13 +237,21 @@ TEST(MixedFormats, EachLayerIsListedInItsOwnFormat) {
     if (layer.naming.prefix == "mtp.{layer}.ffn.experts.") {
       EXPECT_EQ(layer.format, ExpertFormat::kMxfp4);
       EXPECT_EQ(layer.num_experts, 2);
-      try {
-        import_moe_layer(checkpoint, layer, 0, 2);
-        ADD_FAILURE() << "MXFP4 was imported";
-      } catch (const Error& e) {
-        EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-        EXPECT_NE(std::string(e.what()).find("holds MXFP4 experts"), std::string::npos) << e.what();
+      EXPECT_FALSE(layer.has_biases);
+      const MoeWeights w = import_moe_layer(checkpoint, layer, 1, 1);  // expert 1 alone
+      EXPECT_EQ(w.format, WeightFormat::kMxfp4);
+      const int64_t h = 64, i = 32, e = 1;
+      for (int64_t b = 0; b < i * h / 2; ++b) {
+        ASSERT_EQ(w.gate_up_values[b], weight_byte(0, e, kGate, b)) << b;
+        ASSERT_EQ(w.gate_up_values[i * h / 2 + b], weight_byte(0, e, kUp, b)) << b;
+        ASSERT_EQ(w.down_values[b], weight_byte(0, e, kDown, b)) << b;
       }
+      for (int64_t b = 0; b < i * h / 32; ++b) {
+        ASSERT_EQ(w.gate_up_scales[b], mx_scale_byte(0, e, kGate, b)) << b;
+        ASSERT_EQ(w.gate_up_scales[i * h / 32 + b], mx_scale_byte(0, e, kUp, b)) << b;
+        ASSERT_EQ(w.down_scales[b], mx_scale_byte(0, e, kDown, b)) << b;
+      }
+      EXPECT_EQ(w.gate_global_scale, std::vector<float>{1.0f});
     } else {
       EXPECT_EQ(layer.format, ExpertFormat::kNvfp4ModelOpt);
       EXPECT_EQ(layer.naming.gate, "w1");
@@ -297,6 +306,64 @@ TEST(ExpertNames, EveryFormatAndLayoutNamesItsTensors) {
             "model.layers.2.mlp.experts.down_proj_weight_scale_2");
   EXPECT_EQ(expert_tensor_name(F::kUnquantized, ExpertNaming::deepseek(), 1, 0, P::kUp, R::kValues),
             "layers.1.ffn.experts.0.w3.weight");
+}
+
+// gpt-oss: fused MXFP4 experts with alternating gate/up rows and bf16 biases, against the
+// weights Hugging Face's own gpt-oss code dequantizes from the same file (the fixture writer
+// stores them: tests/fixtures/make_fixtures.py), bit for bit, for every expert and a slice.
+TEST(GptOss, ImportsWhatHuggingFaceDequantizes) {
+  const auto checkpoint = Checkpoint::open(fixtures_dir() / "formats" / "gpt_oss");
+  const auto expected =
+      Checkpoint::open(fixtures_dir() / "formats" / "gpt_oss_expected.safetensors");
+  const auto implied = read_expert_activation(checkpoint);
+  ASSERT_TRUE(implied.has_value());
+  EXPECT_EQ(implied->activation, Activation::kSwigluOai);
+  EXPECT_EQ(implied->swiglu_limit, 7.0f);
+  const auto layers = find_moe_layers(checkpoint);
+  ASSERT_EQ(layers.size(), 2u);
+  const auto floats = [&](const std::string& name) {
+    const auto bytes = expected.bytes(name);
+    std::vector<float> values(bytes.size() / 4);
+    std::memcpy(values.data(), bytes.data(), bytes.size());
+    return values;
+  };
+  for (const MoeLayerInfo& layer : layers) {
+    SCOPED_TRACE(layer.layer);
+    EXPECT_EQ(layer.format, ExpertFormat::kMxfp4);
+    EXPECT_TRUE(layer.has_biases);
+    EXPECT_TRUE(layer.gate_up_interleaved);
+    ASSERT_EQ(layer.num_experts, 4);
+    ASSERT_EQ(layer.hidden, 64);
+    ASSERT_EQ(layer.intermediate, 32);
+    const std::string prefix = "layers." + std::to_string(layer.layer) + ".";
+    const auto gate_up = floats(prefix + "gate_up"), down = floats(prefix + "down");
+    const auto gate_up_bias = floats(prefix + "gate_up_bias");
+    const auto down_bias = floats(prefix + "down_bias");
+    for (const auto& [first, count] : {std::pair{0, 4}, std::pair{1, 2}}) {
+      const MoeWeights w = import_moe_layer(checkpoint, layer, first, count);
+      const MoeWeightsView v = w.view();
+      std::vector<float> row(64);
+      for (int64_t n = 0; n < count; ++n) {
+        const int64_t e = first + n;
+        for (int64_t r = 0; r < 64; ++r) {  // gate rows 0..31, up rows 32..63
+          decode_mxfp4_row(v.gate_up_values + (n * 64 + r) * 32,
+                           v.gate_up_scales + (n * 64 + r) * 2, 64, row.data());
+          for (int64_t c = 0; c < 64; ++c) {
+            ASSERT_EQ(row[c], gate_up[(e * 64 + r) * 64 + c]) << "expert " << e << " row " << r;
+          }
+          ASSERT_EQ(w.gate_up_bias[n * 64 + r], gate_up_bias[e * 64 + r]);
+        }
+        for (int64_t r = 0; r < 64; ++r) {
+          decode_mxfp4_row(v.down_values + (n * 64 + r) * 16, v.down_scales + (n * 64 + r), 32,
+                           row.data());
+          for (int64_t c = 0; c < 32; ++c) {
+            ASSERT_EQ(row[c], down[(e * 64 + r) * 32 + c]) << "expert " << e << " row " << r;
+          }
+          ASSERT_EQ(w.down_bias[n * 64 + r], down_bias[e * 64 + r]);
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -309,6 +309,13 @@ def test_inputs_on_the_wrong_device_raise():
         moe(x, w, ids.cpu())
 
 
+def test_from_checkpoint_refuses_mxfp4_layers_by_name():
+    fixtures = os.environ["NVFP4MOE_FIXTURES"]
+    with pytest.raises(Exception, match="holds MXFP4 experts; the PyTorch ops take NVFP4"):
+        nvfp4moe.Nvfp4MoE.from_checkpoint(os.path.join(fixtures, "formats", "gpt_oss"), 0,
+                                          top_k=2, max_tokens=8, device="cpu")
+
+
 def test_nan_block_scales_are_rejected_at_load():
     t = make_experts()
     t["w2_weight_scale"].view(torch.uint8)[0, 0, 0] = 0x7F
