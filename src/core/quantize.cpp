@@ -109,28 +109,32 @@ NvFp4Tensor quantize_nvfp4(std::span<const float> x, int64_t rows, int64_t cols,
   return out;
 }
 
-void decode_nvfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
-                      float* out) {
-  for (int64_t block = 0; block < cols / kBlockSize; ++block) {
-    const float scale = e4m3_decode(row_scales[block]);
-    for (int i = 0; i < kBlockSize / 2; ++i) {
-      const uint8_t byte = row_values[block * (kBlockSize / 2) + i];
-      out[block * kBlockSize + 2 * i] = e2m1_decode(byte & 0xF) * scale;
-      out[block * kBlockSize + 2 * i + 1] = e2m1_decode(byte >> 4) * scale;
+namespace {
+
+// A row of two E2M1 codes per byte (low nibble first) in blocks of kBlock sharing a scale.
+template <int kBlock, float (*kDecodeScale)(uint8_t)>
+void decode_fp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
+                    float* out) {
+  for (int64_t block = 0; block < cols / kBlock; ++block) {
+    const float scale = kDecodeScale(row_scales[block]);
+    for (int i = 0; i < kBlock / 2; ++i) {
+      const uint8_t byte = row_values[block * (kBlock / 2) + i];
+      out[block * kBlock + 2 * i] = e2m1_decode(byte & 0xF) * scale;
+      out[block * kBlock + 2 * i + 1] = e2m1_decode(byte >> 4) * scale;
     }
   }
 }
 
+}  // namespace
+
+void decode_nvfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
+                      float* out) {
+  decode_fp4_row<kBlockSize, e4m3_decode>(row_values, row_scales, cols, out);
+}
+
 void decode_mxfp4_row(const uint8_t* row_values, const uint8_t* row_scales, int64_t cols,
                       float* out) {
-  for (int64_t block = 0; block < cols / kMxBlockSize; ++block) {
-    const float scale = e8m0_decode(row_scales[block]);
-    for (int i = 0; i < kMxBlockSize / 2; ++i) {
-      const uint8_t byte = row_values[block * (kMxBlockSize / 2) + i];
-      out[block * kMxBlockSize + 2 * i] = e2m1_decode(byte & 0xF) * scale;
-      out[block * kMxBlockSize + 2 * i + 1] = e2m1_decode(byte >> 4) * scale;
-    }
-  }
+  decode_fp4_row<kMxBlockSize, e8m0_decode>(row_values, row_scales, cols, out);
 }
 
 void dequantize_nvfp4(const NvFp4View& tensor, std::span<float> out) {
